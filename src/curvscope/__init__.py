@@ -1,7 +1,26 @@
 """curvscope: the curvature of neural-network losses, from exact to matrix-free at scale."""
 
-from curvscope.operators import DenseOperator, LinearOperator
+from curvscope.operators import (
+    GGN,
+    ClassStructure,
+    DenseOperator,
+    GradientCovariance,
+    GradientMoment,
+    Hessian,
+    LinearOperator,
+    Residual,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["DenseOperator", "LinearOperator", "__version__"]
+__all__ = [
+    "GGN",
+    "ClassStructure",
+    "DenseOperator",
+    "GradientCovariance",
+    "GradientMoment",
+    "Hessian",
+    "LinearOperator",
+    "Residual",
+    "__version__",
+]

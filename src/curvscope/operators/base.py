@@ -100,8 +100,7 @@ class LinearOperator:
             )
         if X.dtype != self._dtype:
             raise TypeError(
-                f"the operator works in {self._dtype} but the vector is {X.dtype}: "
-                f"convert it with .to({self._dtype})"
+                f"the operator works in {self._dtype} but the vector is {X.dtype}: convert it with .to({self._dtype})"
             )
         if X.device != self._device:
             raise ValueError(

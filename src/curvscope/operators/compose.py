@@ -146,3 +146,19 @@ class IndexRestrictedOperator(LinearOperator):
         full = torch.zeros(self.operator.shape[0], X.shape[1], dtype=X.dtype, device=X.device)
         full[self.indices] = X
         return (self.operator @ full)[self.indices]
+
+
+class LowRankOperator(LinearOperator):
+    """``U diag(w) Uᵀ`` for ``U`` ``[D, r]`` and weights ``w`` ``[r]`` (PSD when ``w ≥ 0``)."""
+
+    def __init__(self, factor: Tensor, weights: Tensor) -> None:
+        if factor.ndim != 2 or weights.shape != (factor.shape[1],):
+            raise ValueError(
+                f"need factor [D, r] and weights [r], got {tuple(factor.shape)} and {tuple(weights.shape)}"
+            )
+        super().__init__(factor.shape[0], factor.dtype, factor.device)
+        self.factor = factor
+        self.weights = weights.to(factor.dtype).to(factor.device)
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        return self.factor @ (self.weights[:, None] * (self.factor.T @ X))

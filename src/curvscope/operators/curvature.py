@@ -1,0 +1,223 @@
+"""The data loop shared by every curvature operator.
+
+A curvature operator is ``(1/N) Σ_b P_b`` where ``P_b`` is the product of batch ``b``'s
+*summed* loss (see :mod:`curvscope.operators.problem`). Subclasses implement
+``_batch_product(inputs, targets, n, V)`` for a block of tangents ``V`` (a dict of
+``[K, *shape]`` leaves) and return the same structure. This module adds:
+
+- one pass over the data per block product, however many vectors the block has
+  (blocks wider than ``max_block`` are chunked inside the pass);
+- ``torch.func.vmap`` over the block, falling back to a loop over vectors when the model
+  cannot be vmapped, and to plain autograd (reverse-over-reverse) where ``torch.func``
+  fails (torch 2.13 raises "ZeroTensors are immutable" for ``jvp(grad)`` through
+  ``F.mse_loss``) — decided once per operator;
+- the determinism probe: the first product is recomputed for one vector and must agree,
+  else an error names the usual causes (dropout, train-mode BatchNorm, augmentation).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import vmap
+
+from curvscope.operators.base import LinearOperator
+from curvscope.operators.problem import Batch, LossProblem
+
+logger = logging.getLogger("curvscope")
+
+TangentDict = dict[str, Tensor]
+
+
+class NondeterministicProductError(RuntimeError):
+    """Two products with the same vector disagreed."""
+
+
+class CurvatureOperator(LinearOperator):
+    """Base class: a curvature matrix of the mean loss over a dataset, applied matrix-free.
+
+    Args:
+        model: ``nn.Module`` or functional ``f(params, inputs)``; see :class:`LossProblem`.
+        loss_fn: ``loss_fn(outputs, targets)`` returning the batch mean (or sum with
+            ``loss_reduction="sum"``).
+        data: re-iterable of batches (list of ``(x, y)``, DataLoader, dict batches).
+        params: ``None`` (all trainable), names / glob patterns, or a dict for a
+            functional model.
+        mode: ``"eval"`` (default), ``"train"`` or ``"as_is"``.
+        dtype, device: compute dtype/device (default: the parameters').
+        max_block: the largest number of vectors pushed through the model at once.
+        probe: run the determinism probe on the first product (default ``True``).
+        **problem_kwargs: forwarded to :class:`LossProblem` (``loss_reduction``,
+            ``move_batches``, ``input_keys``, ``check_data``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable,
+        loss_fn: Callable,
+        data: Iterable[Batch],
+        params: str | Sequence[str] | Mapping[str, Tensor] | None = None,
+        *,
+        mode: str = "eval",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        max_block: int = 32,
+        probe: bool = True,
+        problem: LossProblem | None = None,
+        **problem_kwargs: Any,
+    ) -> None:
+        if problem is None:
+            problem = LossProblem(model, loss_fn, data, params, mode=mode, dtype=dtype, device=device, **problem_kwargs)
+        self.problem = problem
+        super().__init__(problem.num_params, problem.dtype, problem.device)
+        if max_block < 1:
+            raise ValueError(f"max_block must be >= 1, got {max_block}")
+        self.max_block = int(max_block)
+        self._probe_pending = probe
+        self._strategy_order = self._strategies()
+
+    @classmethod
+    def from_problem(cls, problem: LossProblem, **kwargs: Any) -> CurvatureOperator:
+        """Build on an existing :class:`LossProblem` (no second validation pass)."""
+        return cls(None, None, None, problem=problem, **kwargs)
+
+    # -------------------------------------------------------------- subclass hooks
+    def _batch_setup(self, inputs: Any, targets: Any, n: int) -> Any:
+        """Per-batch work shared by all vectors of a block (a forward pass, a vjp closure)."""
+        return None
+
+    def _single_product(self, state: Any, inputs: Any, targets: Any, n: int, v: TangentDict) -> TangentDict:
+        """Product of batch ``b``'s summed-loss curvature with one tangent ``v`` (parameter-shaped).
+
+        Must be written with ``torch.func`` transforms only, so the base class can ``vmap`` it
+        over a block of tangents.
+        """
+        raise NotImplementedError
+
+    def _autograd_block(self, inputs: Any, targets: Any, n: int, V: TangentDict) -> TangentDict:
+        """Optional last-resort block product with plain autograd (reverse-over-reverse)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- data loop
+    def _strategies(self) -> list[str]:
+        has_autograd = type(self)._autograd_block is not CurvatureOperator._autograd_block
+        return ["vmap", "loop"] + (["autograd"] if has_autograd else [])
+
+    def _apply(self, strategy: str, inputs: Any, targets: Any, n: int, V: TangentDict) -> TangentDict:
+        if strategy == "autograd":
+            return self._autograd_block(inputs, targets, n, V)
+        state = self._batch_setup(inputs, targets, n)
+        if strategy == "vmap":
+            return vmap(lambda v: self._single_product(state, inputs, targets, n, v))(V)
+        K = next(iter(V.values())).shape[0]
+        outs = [self._single_product(state, inputs, targets, n, {k: v[i] for k, v in V.items()}) for i in range(K)]
+        return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+
+    def _run_block(self, inputs: Any, targets: Any, n: int, V: TangentDict) -> TangentDict:
+        # Try the fastest way first; a model that cannot be vmapped (or, for torch 2.13's
+        # F.mse_loss, differentiated forward-over-reverse) moves down the list, once.
+        K = next(iter(V.values())).shape[0]
+        while True:
+            usable = [s for s in self._strategy_order if not (s == "vmap" and K == 1)]
+            strategy = usable[0]
+            try:
+                return self._apply(strategy, inputs, targets, n, V)
+            except Exception as err:
+                if len(usable) == 1:
+                    raise
+                logger.info("%s: %s products failed (%s); trying %s", type(self).__name__, strategy, err, usable[1])
+                self._strategy_order.remove(strategy)
+
+    def _matmat(self, X: Tensor) -> Tensor:
+        Y = self._pass(X)
+        if self._probe_pending:
+            self._probe_pending = False
+            self._check_determinism(X[:, :1], Y[:, :1])
+        return Y
+
+    def _pass(self, X: Tensor) -> Tensor:
+        problem = self.problem
+        chunks = [problem.unflatten(X[:, s : s + self.max_block]) for s in range(0, X.shape[1], self.max_block)]
+        out = torch.zeros_like(X)
+        total = 0
+        for _, batch in problem.batches():
+            inputs, targets = problem.split(batch)
+            n = problem.batch_size(batch)
+            total += n
+            start = 0
+            for V in chunks:
+                K = next(iter(V.values())).shape[0]
+                out[:, start : start + K] += problem.flatten(self._run_block(inputs, targets, n, V))
+                start += K
+        if total == 0:
+            raise ValueError("data is empty: it yielded no batch")
+        return out / total
+
+    def _check_determinism(self, x: Tensor, y_first: Tensor) -> None:
+        y_again = self._pass(x)
+        scale = y_first.norm().item()
+        diff = (y_again - y_first).norm().item()
+        rtol = 1e-4 if self.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
+        if diff > rtol * max(scale, torch.finfo(self.dtype).tiny):
+            raise NondeterministicProductError(
+                f"{type(self).__name__}: the same product computed twice differs by "
+                f"{diff / max(scale, 1e-300):.2e} (relative). The curvature is not a fixed matrix. Likely "
+                f"causes: dropout active (use mode='eval'), BatchNorm in train mode (use mode='eval'), "
+                f"random data augmentation or a loader that draws new samples (use a fixed dataset), or "
+                f"a model with randomness in forward. Pass probe=False only if you accept this."
+            )
+
+    # ------------------------------------------------------------------ helpers
+    def gradient(self) -> Tensor:
+        """Gradient of the mean loss over the dataset, flat ``[D]``."""
+        return full_gradient(self.problem)
+
+
+def reverse_over_reverse(fn: Callable[[TangentDict], Tensor], values: TangentDict, V: TangentDict) -> TangentDict:
+    """``∇²fn · V`` for a block ``V`` (leaves ``[K, *shape]``) by autograd double backward."""
+    with torch.enable_grad():
+        leaves = {k: t.detach().requires_grad_(True) for k, t in values.items()}
+        names = list(leaves)
+        grads = torch.autograd.grad(fn(leaves), [leaves[k] for k in names], create_graph=True, allow_unused=True)
+        pairs = [(g, k) for g, k in zip(grads, names) if g is not None and g.requires_grad]
+        K = next(iter(V.values())).shape[0]
+        zero = {k: torch.zeros_like(V[k]) for k in names}
+        if not pairs:
+            return zero
+        outs = [g for g, _ in pairs]
+        try:
+            res = torch.autograd.grad(
+                outs,
+                [leaves[k] for k in names],
+                [V[k] for _, k in pairs],
+                is_grads_batched=True,
+                allow_unused=True,
+            )
+        except RuntimeError:
+            cols = [
+                torch.autograd.grad(
+                    outs, [leaves[k] for k in names], [V[k][i] for _, k in pairs], retain_graph=True, allow_unused=True
+                )
+                for i in range(K)
+            ]
+            res = [None if c[0] is None else torch.stack(c) for c in zip(*cols)]
+        return {k: (zero[k] if r is None else r.detach()) for k, r in zip(names, res)}
+
+
+def full_gradient(problem: LossProblem) -> Tensor:
+    """``∇L(θ) = (1/N) Σ_b ∇(Σ_{i∈b} ℓ_i)``, flat ``[D]``."""
+    from torch.func import grad
+
+    total = 0
+    out = torch.zeros(problem.num_params, dtype=problem.dtype, device=problem.device)
+    for _, batch in problem.batches():
+        inputs, targets = problem.split(batch)
+        n = problem.batch_size(batch)
+        g = grad(problem.loss_of_params(inputs, targets, n))(problem.values)
+        out += problem.flatten(g)
+        total += n
+    return out / total

@@ -1,0 +1,76 @@
+"""Gradient second moment (empirical Fisher) and gradient covariance.
+
+``M = (1/N) Σ_i g_i g_iᵀ`` with per-sample gradients ``g_i = J_iᵀ r_i`` (``r_i = ∇_f ℓ_i``).
+``M v`` needs no per-sample gradients: ``g_iᵀ v = r_iᵀ (J_i v)`` by forward mode, then one
+vector–Jacobian product of ``Σ_i r_i (g_iᵀ v)``. Memory stays that of a GGN product, not
+``B × D``. This assumes the batch loss is a sum (or mean) of per-sample losses that each
+depend only on that sample's outputs — true for CE/MSE and any per-sample loss, false for
+losses coupling samples (contrastive losses) or train-mode BatchNorm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp
+
+from curvscope.operators.curvature import CurvatureOperator, TangentDict
+from curvscope.operators.lossgrad import output_residual, require_tensor_outputs
+
+
+class GradientMoment(CurvatureOperator):
+    """``M = (1/N) Σ_i ∇ℓ_i ∇ℓ_iᵀ`` (empirical Fisher; Sagun's gradient second moment), PSD.
+
+    Arguments as :class:`~curvscope.operators.curvature.CurvatureOperator`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from curvscope import GradientMoment
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Linear(2, 2).double()
+        >>> x, y = torch.randn(4, 2, dtype=torch.float64, generator=g), torch.tensor([0, 1, 1, 0])
+        >>> M = GradientMoment(model, nn.CrossEntropyLoss(), [(x, y)]).to_dense()
+        >>> per_sample = []
+        >>> for i in range(4):
+        ...     model.zero_grad()
+        ...     nn.CrossEntropyLoss()(model(x[i : i + 1]), y[i : i + 1]).backward()
+        ...     per_sample.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+        >>> Gs = torch.stack(per_sample)
+        >>> bool(torch.allclose(M, Gs.T @ Gs / 4, atol=1e-12))
+        True
+    """
+
+    def _batch_setup(self, inputs: Any, targets: Any, n: int) -> Any:
+        problem = self.problem
+
+        def f(p):
+            return problem.forward(p, inputs)
+
+        outputs, vjp_fn = vjp(f, problem.values)
+        outputs = require_tensor_outputs(outputs, type(self).__name__)
+        return f, vjp_fn, output_residual(problem, outputs, targets, n)
+
+    def _single_product(self, state: Any, inputs: Any, targets: Any, n: int, v: TangentDict) -> TangentDict:
+        f, vjp_fn, r = state
+        Jv = jvp(f, (self.problem.values,), (v,))[1]
+        dims = tuple(range(1, r.ndim))
+        s = (r * Jv).sum(dim=dims, keepdim=True)  # g_iᵀ v per sample
+        return vjp_fn(r * s)[0]
+
+
+class GradientCovariance(GradientMoment):
+    """``Σ = M − ∇L ∇Lᵀ``: the covariance of per-sample gradients (PSD).
+
+    The full-batch gradient is computed once, on the first product.
+    """
+
+    _mean_gradient: Tensor | None = None
+
+    def _pass(self, X: Tensor) -> Tensor:
+        if self._mean_gradient is None:
+            self._mean_gradient = self.gradient()
+        g = self._mean_gradient
+        return super()._pass(X) - torch.outer(g, g @ X)

@@ -1,0 +1,46 @@
+"""The Hessian of the mean loss, by exact Hessian-vector products.
+
+``H v = ∂/∂ε ∇L(θ + εv)`` computed forward-over-reverse (``jvp`` of ``grad``) with
+``torch.func``; a block of vectors is one pass over the data (``vmap`` over the tangents).
+Not ``torch.func.hessian`` / ``jacrev(jacrev)``: in torch 2.13 those return a wrong,
+asymmetric Hessian for ``Linear → LayerNorm`` models, while ``jvp(grad)`` is right.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.func import grad, jvp
+
+from curvscope.operators.curvature import CurvatureOperator, TangentDict, reverse_over_reverse
+
+
+class Hessian(CurvatureOperator):
+    """``H = ∇²_θ L(θ)``, ``L = (1/N) Σ_i ℓ(f(x_i; θ), y_i)``, as a ``[D, D]`` operator.
+
+    See :class:`~curvscope.operators.curvature.CurvatureOperator` for the arguments.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from curvscope import Hessian
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Linear(3, 2).double()
+        >>> data = [(torch.randn(5, 3, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1]))]
+        >>> H = Hessian(model, nn.CrossEntropyLoss(), data)
+        >>> H.shape
+        (8, 8)
+        >>> Hd = H.to_dense()
+        >>> bool(torch.allclose(Hd, Hd.T, atol=1e-12))
+        True
+    """
+
+    def _batch_setup(self, inputs: Any, targets: Any, n: int) -> Any:
+        return grad(self.problem.loss_of_params(inputs, targets, n))
+
+    def _single_product(self, state: Any, inputs: Any, targets: Any, n: int, v: TangentDict) -> TangentDict:
+        return jvp(state, (self.problem.values,), (v,))[1]
+
+    def _autograd_block(self, inputs: Any, targets: Any, n: int, V: TangentDict) -> TangentDict:
+        return reverse_over_reverse(self.problem.loss_of_params(inputs, targets, n), self.problem.values, V)

@@ -1,0 +1,356 @@
+"""The loss problem behind every curvature operator: model, loss, data and parameters.
+
+:class:`LossProblem` owns the bookkeeping shared by the matrix-free operators and the
+dense reference: which parameters span the flat vector (in ``named_parameters`` order),
+how a batch is split into model inputs and loss targets, how batches are weighted, the
+train/eval policy, dtype/device casting, and the early validation of bad input.
+
+Every batch contributes its *summed* loss ``Σ_{i∈b} ℓ_i`` (``n_b · mean`` for a loss with
+``reduction="mean"``); operators divide the total by the number of samples ``N``. So a
+short last batch is weighted exactly and the operator is the curvature of the mean loss
+over the whole dataset, never an average of per-batch means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+logger = logging.getLogger("curvscope")
+
+Batch = Any
+MODES = ("eval", "train", "as_is")
+
+
+def _tensor_leaves(obj: Any) -> list[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _tensor_leaves(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensor_leaves(v)]
+    return []
+
+
+def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_map_tensors(v, fn) for v in obj)
+    if isinstance(obj, list):
+        return [_map_tensors(v, fn) for v in obj]
+    return obj
+
+
+def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
+    """Rows ``start:stop`` of every tensor in a batch (tuple, list or dict)."""
+    return _map_tensors(batch, lambda t: t[start:stop] if t.ndim > 0 else t)
+
+
+@contextlib.contextmanager
+def module_mode(model: Any, mode: str) -> Iterator[None]:
+    """Put every submodule in train or eval mode for the duration, then restore each flag."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(model, nn.Module) or mode == "as_is":
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(mode == "train")
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def _select_names(named: list[tuple[str, Tensor]], params: str | Sequence[str] | None) -> list[str]:
+    trainable = [n for n, p in named if p.requires_grad]
+    if params is None:
+        if not trainable:
+            raise ValueError(
+                "the model has no trainable parameters (all have requires_grad=False): "
+                "unfreeze some or pass params=[names] explicitly"
+            )
+        return trainable
+    patterns = [params] if isinstance(params, str) else list(params)
+    if not patterns:
+        raise ValueError("params is an empty list: pass None for all trainable parameters")
+    all_names = [n for n, _ in named]
+    chosen: list[str] = []
+    for pat in patterns:
+        hits = [n for n in all_names if n == pat or fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            shown = ", ".join(all_names[:12]) + (" …" if len(all_names) > 12 else "")
+            raise ValueError(f"parameter pattern {pat!r} matches no parameter; names are: {shown}")
+        chosen.extend(h for h in hits if h not in chosen)
+    # The flat vector always follows named_parameters order, whatever the pattern order.
+    return [n for n in all_names if n in chosen]
+
+
+class LossProblem:
+    """Model + loss + data + parameter selection, with flat-vector bookkeeping.
+
+    Args:
+        model: an ``nn.Module`` called as ``model(x)`` for tuple batches ``(x, y)``
+            (``model(*batch[:-1])`` for longer tuples) and ``model(**inputs)`` for dict
+            batches; or a functional ``f(params: dict[str, Tensor], inputs)`` together
+            with ``params`` given as that dict.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar``; for dict batches ``targets`` is
+            the whole batch (HuggingFace style). Must return the mean over the batch's
+            samples (``loss_reduction="mean"``, the default) or their sum (``"sum"``).
+        data: a re-iterable of batches (list, DataLoader). A one-shot iterator is refused.
+        params: ``None`` (all trainable parameters), a name or glob pattern, a list of
+            them (per-layer / per-block curvature), or for a functional model a dict of
+            tensors — the point at which curvature is measured.
+        mode: ``"eval"`` (default: dropout off, BatchNorm uses running statistics — the
+            curvature of a deterministic function), ``"train"`` or ``"as_is"``. Module
+            flags are set for each pass and restored afterwards.
+        dtype: compute dtype (default: the parameters'). Parameters, buffers and floating
+            inputs are cast copies; the model itself is never modified.
+        device: compute device (default: the parameters').
+        move_batches: move each batch to ``device`` (default: refuse a batch on another
+            device with an error that says so).
+        input_keys: for dict batches, the keys passed to the model (default: every key
+            except ``labels``/``label``).
+        check_data: scan the whole dataset once at construction (structure, finite
+            inputs/outputs/loss, sample count); otherwise only the first batch is checked.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable,
+        loss_fn: Callable[[Any, Any], Tensor],
+        data: Iterable[Batch],
+        params: str | Sequence[str] | Mapping[str, Tensor] | None = None,
+        *,
+        mode: str = "eval",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        loss_reduction: str = "mean",
+        move_batches: bool = False,
+        input_keys: Sequence[str] | None = None,
+        check_data: bool = True,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable (e.g. nn.CrossEntropyLoss()), got {type(loss_fn).__name__}")
+        if iter(data) is data:
+            raise TypeError(
+                "data is a one-shot iterator (e.g. a generator): curvature operators pass over the "
+                "data once per product. Pass a list of batches or a DataLoader."
+            )
+        self.model, self.loss_fn, self.data = model, loss_fn, data
+        self.mode, self.loss_reduction, self.move_batches = mode, loss_reduction, move_batches
+        self.input_keys = None if input_keys is None else list(input_keys)
+
+        if isinstance(model, nn.Module):
+            named = list(model.named_parameters())
+            if isinstance(params, Mapping):
+                raise TypeError("for an nn.Module pass params as names or glob patterns, not tensors")
+            names = _select_names(named, params)
+            source = dict(named)
+            others = {n: p for n, p in named if n not in names}
+            others.update(dict(model.named_buffers()))
+        elif callable(model):
+            if not isinstance(params, Mapping) or not params:
+                raise TypeError(
+                    "a functional model f(params, inputs) needs params as a non-empty dict of tensors "
+                    "(the point at which curvature is measured)"
+                )
+            names, source, others = list(params), dict(params), {}
+        else:
+            raise TypeError(f"model must be an nn.Module or a callable f(params, inputs), got {type(model)}")
+
+        first = source[names[0]]
+        self.dtype = dtype or first.dtype
+        self.device = torch.device(device) if device is not None else first.device
+        if not self.dtype.is_floating_point:
+            raise TypeError(f"curvature needs a floating dtype, got {self.dtype}")
+
+        def cast(t: Tensor) -> Tensor:
+            t = t.detach().to(self.device)
+            return (t.to(self.dtype) if t.is_floating_point() else t).clone()
+
+        self.names = names
+        self.values = {n: cast(source[n]) for n in names}
+        # Copies of buffers: a train-mode BatchNorm would otherwise update the user's stats.
+        self.fixed = {n: cast(t) for n, t in others.items()}
+        self.shapes = [self.values[n].shape for n in names]
+        self.numels = [self.values[n].numel() for n in names]
+        self.num_params = sum(self.numels)
+
+        self._warn_hazards()
+        self.num_samples = self._validate_data(full=check_data)
+
+    # ---------------------------------------------------------------- flat vectors
+    def flatten(self, tensors: Mapping[str, Tensor]) -> Tensor:
+        """Dict of per-parameter tensors → flat ``[D]`` (or ``[K, ...]`` leaves → ``[D, K]``)."""
+        first = tensors[self.names[0]]
+        batched = first.ndim == len(self.shapes[0]) + 1
+        if batched:
+            K = first.shape[0]
+            return torch.cat([tensors[n].reshape(K, -1) for n in self.names], dim=1).T
+        return torch.cat([tensors[n].reshape(-1) for n in self.names])
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Flat ``[D]`` → dict of parameter-shaped tensors; ``[D, K]`` → leaves ``[K, *shape]``."""
+        if flat.ndim == 1:
+            parts = flat.split(self.numels)
+            return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes)}
+        K = flat.shape[1]
+        parts = flat.T.split(self.numels, dim=1)
+        return {n: p.reshape(K, *s) for n, p, s in zip(self.names, parts, self.shapes)}
+
+    def flat_params(self) -> Tensor:
+        """The point θ as a flat ``[D]`` tensor."""
+        return self.flatten(self.values)
+
+    # ---------------------------------------------------------------------- batches
+    def split(self, batch: Batch) -> tuple[Any, Any]:
+        """``(model inputs, loss targets)`` of a batch."""
+        if isinstance(batch, Mapping):
+            keys = self.input_keys or [k for k in batch if k not in ("labels", "label")]
+            missing = [k for k in keys if k not in batch]
+            if missing:
+                raise KeyError(f"batch has no key(s) {missing}; its keys are {list(batch)}")
+            return {k: batch[k] for k in keys}, batch
+        if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            return (batch[0] if len(batch) == 2 else tuple(batch[:-1])), batch[-1]
+        raise TypeError(
+            f"a batch must be a tuple/list (inputs, targets) or a dict of tensors, got "
+            f"{type(batch).__name__}{'' if not isinstance(batch, (tuple, list)) else f' of length {len(batch)}'}"
+        )
+
+    def batch_size(self, batch: Batch) -> int:
+        """Number of samples in a batch (leading dimension of its first tensor)."""
+        leaves = _tensor_leaves(self.split(batch)[0])
+        if not leaves or leaves[0].ndim == 0:
+            raise TypeError("cannot find a batched input tensor in the batch (leading dimension = samples)")
+        return int(leaves[0].shape[0])
+
+    def prepare(self, batch: Batch, index: int) -> Batch:
+        """Cast floating tensors to the compute dtype; check (or move) the device."""
+
+        def fix(t: Tensor) -> Tensor:
+            if t.device != self.device:
+                if not self.move_batches:
+                    raise ValueError(
+                        f"batch {index} is on {t.device} but the model/operator is on {self.device}: "
+                        f"move the data, or pass move_batches=True to move each batch"
+                    )
+                t = t.to(self.device, non_blocking=True)
+            return t.to(self.dtype) if t.is_floating_point() else t
+
+        return _map_tensors(batch, fix)
+
+    def batches(self) -> Iterator[tuple[int, Batch]]:
+        """Enumerate prepared batches."""
+        for index, batch in enumerate(self.data):
+            yield index, self.prepare(batch, index)
+
+    # ---------------------------------------------------------------- model + loss
+    def forward(self, values: Mapping[str, Tensor], inputs: Any) -> Any:
+        """Model outputs at parameters ``values`` (a dict over ``self.names``)."""
+        if isinstance(self.model, nn.Module):
+            tensors = {**self.fixed, **values}
+            with module_mode(self.model, self.mode):
+                if isinstance(inputs, Mapping):
+                    return functional_call(self.model, tensors, args=(), kwargs=dict(inputs))
+                args = inputs if isinstance(inputs, tuple) else (inputs,)
+                return functional_call(self.model, tensors, args)
+        return self.model(dict(values), inputs)
+
+    def loss_of_params(self, inputs: Any, targets: Any, n: int) -> Callable[[Mapping[str, Tensor]], Tensor]:
+        """``p ↦ Σ_{i∈b} ℓ_i(p)`` for one batch (a closure for ``torch.func`` transforms)."""
+        return lambda values: self.sum_loss(self.forward(values, inputs), targets, n)
+
+    def loss_weight(self, batch_size: int) -> float:
+        """Factor turning the batch loss into its sum over samples."""
+        return float(batch_size) if self.loss_reduction == "mean" else 1.0
+
+    def sum_loss(self, outputs: Any, targets: Any, batch_size: int) -> Tensor:
+        """``Σ_{i∈b} ℓ_i`` from the model outputs."""
+        return self.loss_fn(outputs, targets) * self.loss_weight(batch_size)
+
+    # ------------------------------------------------------------------ validation
+    def _warn_hazards(self) -> None:
+        model = self.model
+        if isinstance(model, nn.Module):
+            training = self.mode == "train" or (self.mode == "as_is" and model.training)
+            if training and any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+                warnings.warn(
+                    "dropout is active (mode='train'): every product sees a different network and "
+                    "the curvature is not well defined. Use mode='eval'.",
+                    stacklevel=3,
+                )
+            if training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+                warnings.warn(
+                    "BatchNorm in train mode couples the samples of a batch (curvature depends on the "
+                    "batching) — use mode='eval' unless that is what you want.",
+                    stacklevel=3,
+                )
+        sampler = getattr(self.data, "sampler", None)
+        if isinstance(sampler, torch.utils.data.RandomSampler):
+            warnings.warn(
+                "the DataLoader shuffles: the full-data curvature is order-independent up to round-off, "
+                "but random augmentation in the dataset would make products inconsistent. "
+                "Prefer shuffle=False for curvature.",
+                stacklevel=3,
+            )
+
+    def _validate_data(self, full: bool) -> int:
+        """Check batches before any expensive work; return the number of samples."""
+        total, seen = 0, 0
+        with torch.no_grad():
+            for index, batch in self.batches():
+                inputs, targets = self.split(batch)
+                n = self.batch_size(batch)
+                for t in _tensor_leaves(inputs):
+                    if t.is_floating_point() and not torch.isfinite(t).all():
+                        raise ValueError(f"batch {index}: the inputs contain NaN or Inf")
+                outputs = self.forward(self.values, inputs)
+                for t in _tensor_leaves(outputs):
+                    if t.is_floating_point() and not torch.isfinite(t).all():
+                        raise ValueError(f"batch {index}: the model outputs contain NaN or Inf")
+                loss = self.loss_fn(outputs, targets)
+                if not isinstance(loss, Tensor) or loss.numel() != 1 or loss.ndim > 1:
+                    shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+                    raise ValueError(
+                        f"the loss returned shape {shape}, expected a scalar: pass reduction='mean' "
+                        f"(or 'sum' together with loss_reduction='sum')"
+                    )
+                if not math.isfinite(float(loss)):
+                    raise ValueError(f"batch {index}: the loss is {float(loss)}")
+                total += n
+                seen += 1
+                if not full:
+                    break
+        if seen == 0:
+            raise ValueError("data is empty: it yielded no batch")
+        if not full:
+            length = getattr(getattr(self.data, "dataset", None), "__len__", None)
+            if length is not None:
+                return len(self.data.dataset)
+            total = sum(self.batch_size(b) for b in self.data)
+        logger.info(
+            "curvscope: %d parameters, %d samples, mode=%r (default 'eval': dropout off, BatchNorm running stats)",
+            self.num_params,
+            total,
+            self.mode,
+        )
+        return total
