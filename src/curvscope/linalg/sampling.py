@@ -47,9 +47,7 @@ def unit_sphere(
 PROBES = {"gaussian": gaussian, "rademacher": rademacher, "sphere": unit_sphere}
 
 
-def probes(
-    kind: str, dim: int, num: int, generator: torch.Generator, dtype: torch.dtype, device="cpu"
-) -> Tensor:
+def probes(kind: str, dim: int, num: int, generator: torch.Generator, dtype: torch.dtype, device="cpu") -> Tensor:
     """Draw ``num`` probes of the named kind (``gaussian``, ``rademacher``, ``sphere``)."""
     try:
         fn = PROBES[kind]
