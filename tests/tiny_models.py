@@ -7,8 +7,9 @@ same samples as ONE batch, so a wrong weighting would show.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -138,6 +138,28 @@ class LinearOperator:
     def __neg__(self) -> LinearOperator:
         return self * -1.0
 
+    def check_symmetric(self, num_probes: int = 4, seed: int = 0, rtol: float | None = None) -> float:
+        """Debug check that ``uᵀ(A v) = vᵀ(A u)`` for random ``u, v``; returns the worst relative gap.
+
+        Costs ``2 · num_probes`` products (one block). Raises :class:`ArithmeticError` when
+        the gap exceeds ``rtol`` (default ``sqrt(eps)`` of the dtype).
+        """
+        g = torch.Generator().manual_seed(seed)
+        X = torch.randn(self._dim, 2 * num_probes, generator=g, dtype=torch.float64).to(self._dtype).to(self._device)
+        Y = self @ X
+        U, V, AU, AV = X[:, :num_probes], X[:, num_probes:], Y[:, :num_probes], Y[:, num_probes:]
+        a, b = (U * AV).sum(0), (V * AU).sum(0)
+        scale = (U.norm(dim=0) * AV.norm(dim=0)).clamp(min=torch.finfo(self._dtype).tiny)
+        gap = ((a - b).abs() / scale).max().item()
+        rtol = symmetry_tolerance(self._dtype) if rtol is None else rtol
+        if gap > rtol:
+            raise ArithmeticError(
+                f"{self!r} is not symmetric: |uᵀAv − vᵀAu| / (|u||Av|) = {gap:.2e} > {rtol:.1e}. A curvature "
+                f"operator must be symmetric: check for a model that is not deterministic between passes "
+                f"(dropout, train-mode BatchNorm) or a custom product with a bug."
+            )
+        return gap
+
     # ------------------------------------------------------------------- exports
     def to_dense(self, max_dim: int = DEFAULT_MAX_DENSE_DIM, chunk_size: int = 256) -> Tensor:
         """Materialise the operator as a ``[D, D]`` tensor by products with identity blocks.

@@ -149,6 +149,12 @@ class LossProblem:
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable (e.g. nn.CrossEntropyLoss()), got {type(loss_fn).__name__}")
+        declared = getattr(loss_fn, "reduction", None)
+        if declared in ("mean", "sum") and declared != loss_reduction:
+            raise ValueError(
+                f"loss_fn has reduction={declared!r} but loss_reduction={loss_reduction!r}: pass "
+                f"loss_reduction={declared!r} so batches are weighted correctly"
+            )
         if iter(data) is data:
             raise TypeError(
                 "data is a one-shot iterator (e.g. a generator): curvature operators pass over the "
