@@ -18,6 +18,7 @@ A curvature operator is ``(1/N) Σ_b P_b`` where ``P_b`` is the product of batch
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -51,6 +52,10 @@ class CurvatureOperator(LinearOperator):
         dtype, device: compute dtype/device (default: the parameters').
         max_block: the largest number of vectors pushed through the model at once.
         probe: run the determinism probe on the first product (default ``True``).
+        strategy: how a batch's block product is computed: ``"vmap"`` (torch.func over the
+            block), ``"loop"`` (torch.func, one vector at a time), ``"autograd"`` (double
+            backward, where the operator has it) or ``"auto"`` (default: time the working
+            ones on the first batch and keep the fastest).
         **problem_kwargs: forwarded to :class:`LossProblem` (``loss_reduction``,
             ``move_batches``, ``input_keys``, ``check_data``).
     """
@@ -67,6 +72,7 @@ class CurvatureOperator(LinearOperator):
         device: torch.device | str | None = None,
         max_block: int = 32,
         probe: bool = True,
+        strategy: str = "auto",
         problem: LossProblem | None = None,
         **problem_kwargs: Any,
     ) -> None:
@@ -78,7 +84,11 @@ class CurvatureOperator(LinearOperator):
             raise ValueError(f"max_block must be >= 1, got {max_block}")
         self.max_block = int(max_block)
         self._probe_pending = probe
+        if strategy not in ("auto", *self._strategies()):
+            raise ValueError(f"strategy must be 'auto' or one of {self._strategies()}, got {strategy!r}")
+        self.strategy = strategy
         self._strategy_order = self._strategies()
+        self._chosen: dict[str, str] = {}
 
     @classmethod
     def from_problem(cls, problem: LossProblem, **kwargs: Any) -> CurvatureOperator:
@@ -118,19 +128,44 @@ class CurvatureOperator(LinearOperator):
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
 
     def _run_block(self, inputs: Any, targets: Any, n: int, V: TangentDict) -> TangentDict:
-        # Try the fastest way first; a model that cannot be vmapped (or, for torch 2.13's
-        # F.mse_loss, differentiated forward-over-reverse) moves down the list, once.
+        """One batch's product, by the fastest strategy that works for this operator.
+
+        Which of vmap / loop / autograd is fastest depends on the model (vmap wins on
+        MLPs, loses badly on convolutions; torch.func loses to double backward on some
+        models), so the first product of each kind (one vector, a block) times every
+        working candidate on its first batch and keeps the fastest. A strategy that raises
+        (a model that cannot be vmapped; torch 2.13's jvp(grad) through F.mse_loss) is
+        dropped for good.
+        """
         K = next(iter(V.values())).shape[0]
-        while True:
-            usable = [s for s in self._strategy_order if not (s == "vmap" and K == 1)]
-            strategy = usable[0]
+        kind = "block" if K > 1 else "single"
+        candidates = [s for s in self._strategy_order if not (s == "vmap" and K == 1)]
+        if self.strategy != "auto":
+            candidates = [self.strategy] if self.strategy in candidates else candidates[-1:]
+        chosen = self._chosen.get(kind)
+        if chosen in candidates:
+            candidates = [chosen] + [c for c in candidates if c != chosen]
+        calibrate = chosen is None and len(candidates) > 1
+        result, timings, errors = None, {}, []
+        for strategy in candidates:
+            t0 = time.perf_counter()
             try:
-                return self._apply(strategy, inputs, targets, n, V)
+                out = self._apply(strategy, inputs, targets, n, V)
             except Exception as err:
-                if len(usable) == 1:
-                    raise
-                logger.info("%s: %s products failed (%s); trying %s", type(self).__name__, strategy, err, usable[1])
+                errors.append(err)
+                logger.info("%s: %s products failed (%s)", type(self).__name__, strategy, err)
                 self._strategy_order.remove(strategy)
+                continue
+            timings[strategy] = time.perf_counter() - t0
+            result = out if result is None else result
+            if not calibrate:
+                break
+        if result is None:
+            raise errors[-1]
+        if chosen is None or chosen not in timings:
+            self._chosen[kind] = min(timings, key=timings.get)
+            logger.info("%s: %s products by %s (timings %s)", type(self).__name__, kind, self._chosen[kind], timings)
+        return result
 
     def _matmat(self, X: Tensor) -> Tensor:
         Y = self._pass(X)
