@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from curvscope.distributed.comm import all_reduce_sum, is_distributed
 from curvscope.operators.base import LinearOperator
 from curvscope.operators.problem import Batch, LossProblem
 
@@ -56,6 +57,9 @@ class CurvatureOperator(LinearOperator):
             block), ``"loop"`` (torch.func, one vector at a time), ``"autograd"`` (double
             backward, where the operator has it) or ``"auto"`` (default: time the working
             ones on the first batch and keep the fastest).
+        distributed: sum products over the ranks of the default process group, each rank
+            holding a shard of the data (default: when ``torch.distributed`` is initialised
+            with more than one process). See :mod:`curvscope.distributed`.
         **problem_kwargs: forwarded to :class:`LossProblem` (``loss_reduction``,
             ``move_batches``, ``input_keys``, ``check_data``).
     """
@@ -73,6 +77,7 @@ class CurvatureOperator(LinearOperator):
         max_block: int = 32,
         probe: bool = True,
         strategy: str = "auto",
+        distributed: bool | None = None,
         problem: LossProblem | None = None,
         **problem_kwargs: Any,
     ) -> None:
@@ -87,6 +92,7 @@ class CurvatureOperator(LinearOperator):
         if strategy not in ("auto", *self._strategies()):
             raise ValueError(f"strategy must be 'auto' or one of {self._strategies()}, got {strategy!r}")
         self.strategy = strategy
+        self.distributed = is_distributed() if distributed is None else bool(distributed)
         self._strategy_order = self._strategies()
         self._chosen: dict[str, str] = {}
 
@@ -188,9 +194,17 @@ class CurvatureOperator(LinearOperator):
                 K = next(iter(V.values())).shape[0]
                 out[:, start : start + K] += problem.flatten(self._run_block(inputs, targets, n, V))
                 start += K
+        return out / self._reduce(out, total)
+
+    def _reduce(self, out: Tensor, total: int) -> float:
+        """Sum the shard's product and sample count over ranks (no-op in one process)."""
+        if self.distributed:
+            count = torch.tensor([float(total)], dtype=torch.float64, device=out.device)
+            all_reduce_sum(out)
+            total = all_reduce_sum(count).item()
         if total == 0:
             raise ValueError("data is empty: it yielded no batch")
-        return out / total
+        return total
 
     def _check_determinism(self, x: Tensor, y_first: Tensor) -> None:
         y_again = self._pass(x)
@@ -208,8 +222,14 @@ class CurvatureOperator(LinearOperator):
 
     # ------------------------------------------------------------------ helpers
     def gradient(self) -> Tensor:
-        """Gradient of the mean loss over the dataset, flat ``[D]``."""
-        return full_gradient(self.problem)
+        """Gradient of the mean loss over the dataset (all ranks' shards), flat ``[D]``."""
+        return full_gradient(self.problem, distributed=self.distributed)
+
+    @property
+    def num_samples(self) -> int:
+        """``N``, over all ranks' shards."""
+        n = torch.tensor([float(self.problem.num_samples)], dtype=torch.float64)
+        return int(all_reduce_sum(n).item()) if self.distributed else self.problem.num_samples
 
 
 def reverse_over_reverse(fn: Callable[[TangentDict], Tensor], values: TangentDict, V: TangentDict) -> TangentDict:
@@ -243,8 +263,8 @@ def reverse_over_reverse(fn: Callable[[TangentDict], Tensor], values: TangentDic
         return {k: (zero[k] if r is None else r.detach()) for k, r in zip(names, res)}
 
 
-def full_gradient(problem: LossProblem) -> Tensor:
-    """``∇L(θ) = (1/N) Σ_b ∇(Σ_{i∈b} ℓ_i)``, flat ``[D]``."""
+def full_gradient(problem: LossProblem, distributed: bool = False) -> Tensor:
+    """``∇L(θ) = (1/N) Σ_b ∇(Σ_{i∈b} ℓ_i)``, flat ``[D]`` (summed over ranks when ``distributed``)."""
     from torch.func import grad
 
     total = 0
@@ -255,4 +275,8 @@ def full_gradient(problem: LossProblem) -> Tensor:
         g = grad(problem.loss_of_params(inputs, targets, n))(problem.values)
         out += problem.flatten(g)
         total += n
+    if distributed:
+        count = torch.tensor([float(total)], dtype=torch.float64)
+        all_reduce_sum(out)
+        total = all_reduce_sum(count).item()
     return out / total

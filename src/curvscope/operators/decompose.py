@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vjp, vmap
 
+from curvscope.distributed.comm import all_reduce_sum
 from curvscope.operators.base import LinearOperator
 from curvscope.operators.compose import LowRankOperator, SumOperator
 from curvscope.operators.ggn import GGN
@@ -166,6 +167,9 @@ class ClassStructure:
                 sums[s : s + part.shape[0]] += problem.flatten(out).T
             counts += onehot.sum(0)
             weights += onehot.T @ p
+        if self.ggn.distributed:  # each rank holds a shard: sum the class sums over ranks
+            for t in (sums, counts, weights):
+                all_reduce_sum(t)
         return {"sums": sums.reshape(2, C, C, D), "counts": counts, "weights": weights}
 
     # ----------------------------------------------------------------- the means
@@ -177,7 +181,7 @@ class ClassStructure:
     @property
     def num_samples(self) -> int:
         """``N``."""
-        return self.problem.num_samples
+        return self.ggn.num_samples
 
     @cached_property
     def cross_class_means(self) -> Tensor:

@@ -1,0 +1,65 @@
+"""Small wrappers over ``torch.distributed`` with errors that say what happened."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+class DistributedError(RuntimeError):
+    """A collective failed: usually another rank died or timed out."""
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    """This process's rank (0 outside a process group)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes (1 outside a process group)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def all_reduce_sum(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks in place (and return it).
+
+    Gloo needs CPU tensors and NCCL CUDA ones; a tensor on the wrong side is moved for the
+    reduction and back. A failure (a dead rank, a timeout) is raised as
+    :class:`DistributedError` with the rank that saw it.
+    """
+    if not is_distributed():
+        return tensor
+    backend = dist.get_backend(group)
+    work = tensor
+    if backend == "gloo" and tensor.device.type != "cpu":
+        work = tensor.cpu()
+    elif backend == "nccl" and tensor.device.type != "cuda":
+        work = tensor.cuda()
+    try:
+        dist.all_reduce(work, op=dist.ReduceOp.SUM, group=group)
+    except Exception as err:  # gloo/NCCL raise RuntimeError subclasses with terse text
+        raise DistributedError(
+            f"rank {dist.get_rank()}: all-reduce of a curvature product failed ({type(err).__name__}: {err}). "
+            f"Another rank probably died or timed out; check its log. Every rank must run the same "
+            f"computation with the same seeds."
+        ) from err
+    if work is not tensor:
+        tensor.copy_(work)
+    return tensor
+
+
+def shard_batches(batches: Sequence[T], rank: int | None = None, world_size: int | None = None) -> list[T]:
+    """Round-robin shard of a list of batches for this rank (batch ``i`` goes to rank ``i % W``)."""
+    rank = get_rank() if rank is None else rank
+    world_size = get_world_size() if world_size is None else world_size
+    return list(batches[rank::world_size])

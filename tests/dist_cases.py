@@ -1,0 +1,28 @@
+"""The computation the distributed test runs in one process and sharded over two."""
+
+import torch
+from torch import nn
+
+from curvscope import GGN, ClassStructure, Hessian
+
+
+def make_problem():
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    x = torch.randn(37, 5, generator=g, dtype=torch.float64)
+    y = torch.arange(37) % 3
+    batches = [(x[i : i + 5], y[i : i + 5]) for i in range(0, 37, 5)]  # 8 uneven batches
+    return model, nn.CrossEntropyLoss(), batches
+
+
+def compute(model, loss_fn, batches) -> dict:
+    g = torch.Generator().manual_seed(1)
+    H = Hessian(model, loss_fn, batches)
+    V = torch.randn(H.shape[0], 4, generator=g, dtype=torch.float64)
+    out = {"hv": H @ V, "gv": GGN(model, loss_fn, batches) @ V, "grad": H.gradient(), "n": H.num_samples}
+    cs = ClassStructure(model, loss_fn, batches)
+    out["class_v"] = cs.class_term @ V
+    return out
