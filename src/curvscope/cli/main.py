@@ -1,0 +1,189 @@
+"""``curvscope`` command line: argument parsing only; the work lives in experiments/ and report/."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EPILOG_DEMO = """example:
+  curvscope demo                 # ~1-2 min on 2 CPU cores; prints where the report is
+  curvscope demo --out runs/my-demo
+"""
+EPILOG_REPRODUCE = """examples:
+  curvscope reproduce sagun2016 --scale quick
+  curvscope reproduce all --scale quick --out runs/
+  curvscope reproduce papyan2019 --scale full --device cuda --seed 1
+  curvscope reproduce fortganguli2019 --resume runs/fortganguli2019-quick-seed0   # continue a killed run
+"""
+EPILOG_ANALYZE = """example:
+  curvscope analyze --model mypkg.models:make_net --checkpoint net.safetensors \\
+      --data digits --loss cross_entropy --top-k 20 --density --trace --decompose --out runs/mynet
+  (torchrun --nproc-per-node=2 -m curvscope analyze ... shards the data over two processes)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="curvscope",
+        description="Curvature of neural-network losses: Hessian eigenpairs, spectral densities, "
+        "Gauss-Newton/residual split, subspace overlaps, and five published findings reproduced.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log what the library decides (strategies, …)")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+
+    d = sub.add_parser(
+        "demo",
+        help="the built-in end-to-end analysis (MLP on digits) with a report",
+        description="Train a small MLP on sklearn digits, then compute the top Hessian eigenpairs with residuals, "
+        "the densities of H, G and H_res, the trace, gradient confinement and magnitude-mask overlap, "
+        "and write a report.",
+        epilog=EPILOG_DEMO,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    r = sub.add_parser(
+        "reproduce",
+        help="run a paper reproduction (or all of them) and write its report",
+        description="Run a named experiment at the quick (<= 3 min on 2 CPU cores) or full (paper-like, GPU) scale. "
+        "Each claim is checked and reported as passed or failed in results.json and report.html.",
+        epilog=EPILOG_REPRODUCE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("name", nargs="?", help="experiment name, or 'all' (see `curvscope list`)")
+    r.add_argument("--scale", choices=["quick", "full"], default="quick")
+    r.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default=None, help="run directory (for 'all': a parent directory)")
+    r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a partial run in RUN_DIR")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--strict", action="store_true", help="exit with status 1 when a claim fails")
+
+    a = sub.add_parser(
+        "analyze",
+        help="curvature of your own model",
+        description="Load your model (a factory function) and checkpoint, a dataset, and compute what you ask for.",
+        epilog=EPILOG_ANALYZE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a.add_argument("--model", required=True, help="package.module:factory returning an nn.Module")
+    a.add_argument("--checkpoint", help="weights: .safetensors, or a torch file loaded with weights_only=True")
+    a.add_argument("--data", required=True, help="built-in dataset name (digits, fashion-mnist, gmm) or a folder")
+    a.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
+    a.add_argument("--num-samples", type=int, default=None, help="use a class-balanced subset of this size")
+    a.add_argument("--batch-size", type=int, default=256)
+    a.add_argument("--top-k", type=int, default=10, help="top Hessian eigenpairs (0: skip)")
+    a.add_argument("--density", action="store_true", help="SLQ spectral density of H")
+    a.add_argument("--trace", action="store_true", help="Hutch++ trace estimate of H")
+    a.add_argument("--decompose", action="store_true", help="G / H_res split and the class structure (CE)")
+    a.add_argument("--overlap", action="store_true", help="magnitude-mask overlap with the top eigenspace")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", default="runs/analyze")
+    a.add_argument("--quiet", action="store_true")
+
+    rep = sub.add_parser(
+        "report",
+        help="re-render a run directory's figures and report.html (no recomputation)",
+        epilog="example:\n  curvscope report runs/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rep.add_argument("run_dir")
+
+    sub.add_parser(
+        "list",
+        help="experiments, datasets and models",
+        epilog="example:\n  curvscope list",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return p
+
+
+def _print_claims(results: dict) -> None:
+    for c in results.get("claims", []):
+        word = {True: "PASS", False: "FAIL", None: "info"}[c.get("passed")]
+        print(f"  [{word}] {c['name']}: measured {c.get('measured')} ({c.get('criterion', '')})")
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from curvscope.experiments import names, run_experiment
+    from curvscope.io import read_json
+    from curvscope.report import render
+
+    if args.resume:
+        cfg = read_json(Path(args.resume) / "config.json")
+        args.name, args.scale, args.seed, args.device = cfg["experiment"], cfg["scale"], cfg["seed"], cfg["device"]
+        args.out = args.resume
+    if not args.name:
+        print("curvscope reproduce: name an experiment or 'all'; valid names: " + ", ".join(names()), file=sys.stderr)
+        return 2
+    todo = names() if args.name == "all" else [args.name]
+    todo = [n for n in todo if n != "demo"] if args.name == "all" else todo
+    failed = 0
+    for name in todo:
+        out = args.out
+        if args.name == "all":
+            out = Path(args.out or "runs") / f"{name}-{args.scale}-seed{args.seed}"
+        print(f"== {name} ({args.scale})", flush=True)
+        run = run_experiment(name, args.scale, args.seed, args.device, out, progress=not args.quiet)
+        report = render(run.path)
+        _print_claims(run.results)
+        failed += sum(1 for c in run.results["claims"] if c.get("passed") is False)
+        print(f"   report: {report}")
+    return 1 if (failed and args.strict) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``curvscope`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.verb is None:
+        _parser().print_help()
+        return 2
+    try:
+        if args.verb == "demo":
+            from curvscope.experiments import run_experiment
+            from curvscope.report import render
+
+            run = run_experiment("demo", "quick", args.seed, "cpu", args.out, progress=not args.quiet)
+            report = render(run.path)
+            _print_claims(run.results)
+            print(f"report: {report.resolve()}")
+            return 0
+        if args.verb == "reproduce":
+            return _reproduce(args)
+        if args.verb == "report":
+            from curvscope.report import render
+
+            print(render(args.run_dir))
+            return 0
+        if args.verb == "list":
+            from curvscope.cli.listing import print_listing
+
+            print_listing()
+            return 0
+        if args.verb == "analyze":
+            from curvscope.experiments.analyze import analyze_from_args
+
+            run = analyze_from_args(args)
+            from curvscope.report import render
+
+            print(f"report: {render(run.path).resolve()}")
+            return 0
+    except (KeyError, ValueError, FileNotFoundError, PermissionError, RuntimeError, TypeError) as err:
+        # Bad arguments and bad input end with the message that says what to do, not a traceback.
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"curvscope {args.verb}: error: {msg}", file=sys.stderr)
+        if args.verbose:
+            raise
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

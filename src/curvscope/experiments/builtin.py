@@ -1,0 +1,1 @@
+"""Registers the built-in experiments (imported lazily by the registry)."""

@@ -1,0 +1,99 @@
+"""Named experiment recipes: an explicit registry (no import-time magic beyond registration)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from curvscope.experiments.run import RunDir
+
+SCALES = ("quick", "full")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a recipe may depend on besides its own settings."""
+
+    scale: str
+    seed: int
+    device: torch.device
+    progress: bool = True
+
+    @property
+    def quick(self) -> bool:
+        """True at the quick scale (≤ 3 min on 2 CPU cores)."""
+        return self.scale == "quick"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """An experiment: ``run(run_dir, context)`` writes arrays, claims and figure specs."""
+
+    name: str
+    title: str
+    summary: str
+    run: Callable[[RunDir, Context], None]
+    papers: str = ""
+
+
+EXPERIMENTS: dict[str, Recipe] = {}
+
+
+def register(recipe: Recipe, overwrite: bool = False) -> Recipe:
+    """Add a recipe; refuses to replace one of the same name unless ``overwrite``."""
+    if recipe.name in EXPERIMENTS and not overwrite:
+        raise KeyError(f"an experiment named {recipe.name!r} is already registered (pass overwrite=True)")
+    EXPERIMENTS[recipe.name] = recipe
+    return recipe
+
+
+def get(name: str) -> Recipe:
+    """The recipe called ``name``, or an error listing the valid names."""
+    _load_builtin()
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        raise KeyError(f"unknown experiment {name!r}; valid names: {', '.join(sorted(EXPERIMENTS))}") from None
+
+
+def names() -> list[str]:
+    """Registered experiment names (built-ins included)."""
+    _load_builtin()
+    return sorted(EXPERIMENTS)
+
+
+def _load_builtin() -> None:
+    import curvscope.experiments.builtin  # noqa: F401 - registers the built-in recipes
+
+
+def run_experiment(
+    name: str,
+    scale: str = "quick",
+    seed: int = 0,
+    device: str = "cpu",
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> RunDir:
+    """Run (or resume, when ``out`` holds a partial run of the same config) an experiment.
+
+    Returns the :class:`RunDir`; the report is rendered by the caller (``curvscope.report``).
+    """
+    recipe = get(name)
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    out = Path(out) if out is not None else Path("runs") / f"{name}-{scale}-seed{seed}"
+    config = {"experiment": name, "scale": scale, "seed": seed, "device": str(dev)}
+    run_dir = RunDir(out, config)
+    run_dir.results["title"] = recipe.title
+    run_dir.results["summary"] = recipe.summary
+    t0 = time.perf_counter()
+    recipe.run(run_dir, Context(scale=scale, seed=seed, device=dev, progress=progress))
+    run_dir.finish(wall_seconds=time.perf_counter() - t0)
+    return run_dir
