@@ -22,6 +22,15 @@ pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}.summary{font
 """
 
 
+# Marks on <body> how many figures decoded, so a headless browser test can check the page.
+LOAD_CHECK = (
+    "window.addEventListener('load',function(){var i=document.images,n=0;"
+    "for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)n++;}"
+    "document.body.setAttribute('data-images-loaded',n);"
+    "document.body.setAttribute('data-images-total',i.length);});"
+)
+
+
 def _verdict(passed) -> tuple[str, str]:
     if passed is None:
         return "info", "reported"
@@ -90,6 +99,7 @@ def render(run_path: str | os.PathLike) -> Path:
 <h2>Measurements</h2><table>{metrics}</table>
 <h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>
 <h2>Environment</h2><pre>{html.escape(json.dumps(env, indent=2))}</pre>
+<script>{LOAD_CHECK}</script>
 </body></html>"""
     out = run / "report.html"
     atomic_write_bytes(out, body.encode())
