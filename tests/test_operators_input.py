@@ -153,3 +153,25 @@ def test_operator_protocol_rejects_non_tensors():
     with pytest.raises(TypeError, match="multiplies torch tensors"):
         DenseOperator(torch.eye(2, dtype=DT)) @ [1.0, 2.0]
     assert issubclass(DenseOperator, LinearOperator)
+
+
+def test_memory_guard_refuses_a_batch_that_cannot_fit(mlp, monkeypatch):
+    import curvscope.operators.curvature as curvature
+
+    H = Hessian(mlp, nn.CrossEntropyLoss(), data())
+    assert H.problem.activation_bytes > 0
+    monkeypatch.setattr(curvature, "available_bytes", lambda device: 10)
+    with pytest.raises(MemoryError, match="try: a smaller batch size"):
+        H @ torch.randn(H.shape[0], dtype=DT)
+
+
+def test_memory_guard_narrows_wide_blocks(mlp, monkeypatch):
+    import curvscope.operators.curvature as curvature
+
+    H = Hessian(mlp, nn.CrossEntropyLoss(), data())
+    per_vector = curvature.ACTIVATION_COPIES * H.problem.activation_bytes
+    monkeypatch.setattr(curvature, "available_bytes", lambda device: int(2.5 * per_vector / 0.9))
+    assert H._block_width(32) == 2
+    V = torch.randn(H.shape[0], 5, dtype=DT)
+    monkeypatch.undo()
+    torch.testing.assert_close(H @ V, torch.stack([H @ V[:, i] for i in range(5)], 1))

@@ -27,10 +27,16 @@ from torch import Tensor, nn
 from torch.func import vmap
 
 from curvscope.distributed.comm import all_reduce_sum, is_distributed
+from curvscope.memory import available_bytes, check_budget, fmt_bytes
 from curvscope.operators.base import LinearOperator
 from curvscope.operators.problem import Batch, LossProblem
 
 logger = logging.getLogger("curvscope")
+
+#: Activation copies a per-vector product holds (primal, tangent, cotangent); a stated estimate.
+ACTIVATION_COPIES = 3
+#: Share of the available memory a block product may use for activations.
+MEMORY_FRACTION = 0.9
 
 TangentDict = dict[str, Tensor]
 
@@ -180,9 +186,25 @@ class CurvatureOperator(LinearOperator):
             self._check_determinism(X[:, :1], Y[:, :1])
         return Y
 
+    def _block_width(self, K: int) -> int:
+        """Vectors per chunk: ``max_block``, fewer if their activations would not fit in memory."""
+        # A vmapped product keeps about primal + tangent + cotangent copies of the activations per vector.
+        per_vector = ACTIVATION_COPIES * max(self.problem.activation_bytes, 1)
+        limit = int(MEMORY_FRACTION * available_bytes(self.device))
+        if per_vector > limit:
+            check_budget(
+                per_vector,
+                f"one curvature product on a batch (activations {fmt_bytes(self.problem.activation_bytes)})",
+                ["a smaller batch size", "dtype=torch.float32", "a smaller model or params=[a subset]"],
+                self.device,
+                budget=limit,
+            )
+        return max(1, min(self.max_block, K, limit // per_vector))
+
     def _pass(self, X: Tensor) -> Tensor:
         problem = self.problem
-        chunks = [problem.unflatten(X[:, s : s + self.max_block]) for s in range(0, X.shape[1], self.max_block)]
+        width = self._block_width(X.shape[1])
+        chunks = [problem.unflatten(X[:, s : s + width]) for s in range(0, X.shape[1], width)]
         out = torch.zeros_like(X)
         total = 0
         for _, batch in problem.batches():

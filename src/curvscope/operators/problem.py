@@ -201,6 +201,8 @@ class LossProblem:
         self.num_params = sum(self.numels)
 
         self._warn_hazards()
+        #: bytes of one (the first) batch's activations, measured by forward hooks.
+        self.activation_bytes = 0
         self.num_samples = self._validate_data(full=check_data)
 
     # ---------------------------------------------------------------- flat vectors
@@ -319,6 +321,26 @@ class LossProblem:
                 stacklevel=3,
             )
 
+    def _forward_measuring(self, inputs: Any) -> tuple[Any, int]:
+        """Forward pass that also sums the bytes of every submodule's outputs (one batch's activations)."""
+        total = 0
+
+        def hook(_module, _inp, out):
+            nonlocal total
+            total += sum(t.numel() * t.element_size() for t in _tensor_leaves(out))
+
+        handles = (
+            [m.register_forward_hook(hook) for m in self.model.modules()] if isinstance(self.model, nn.Module) else []
+        )
+        try:
+            outputs = self.forward(self.values, inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        if not handles:
+            total = sum(t.numel() * t.element_size() for t in _tensor_leaves(outputs))
+        return outputs, total
+
     def _validate_data(self, full: bool) -> int:
         """Check batches before any expensive work; return the number of samples."""
         total, seen = 0, 0
@@ -329,7 +351,10 @@ class LossProblem:
                 for t in _tensor_leaves(inputs):
                     if t.is_floating_point() and not torch.isfinite(t).all():
                         raise ValueError(f"batch {index}: the inputs contain NaN or Inf")
-                outputs = self.forward(self.values, inputs)
+                if seen == 0:
+                    outputs, self.activation_bytes = self._forward_measuring(inputs)
+                else:
+                    outputs = self.forward(self.values, inputs)
                 for t in _tensor_leaves(outputs):
                     if t.is_floating_point() and not torch.isfinite(t).all():
                         raise ValueError(f"batch {index}: the model outputs contain NaN or Inf")
