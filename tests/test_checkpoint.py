@@ -48,7 +48,7 @@ def test_mismatched_checkpoint_and_bad_specs(tmp_path):
     save_file({"0.weight": torch.zeros(2, 2)}, tmp_path / "w.safetensors")
     with pytest.raises(ValueError, match="does not fit the model"):
         build_model(SPEC, tmp_path / "w.safetensors")
-    with pytest.raises(ValueError, match="package.module:factory"):
+    with pytest.raises(ValueError, match=r"package\.module:factory"):
         import_factory("nocolon")
     with pytest.raises(ValueError, match="cannot import"):
         import_factory("no_such_module_xyz:f")

@@ -1,1 +1,35 @@
-"""curvscope.linalg."""
+"""Matrix-free linear algebra over the operator protocol (``A @ X``, ``shape``, ``dtype``, ``device``).
+
+- :func:`lanczos` — Lanczos with full reorthogonalisation, single or block of starts;
+- :func:`eigsh` — extreme eigenpairs by thick-restart Lanczos with residual certificates
+  (:func:`power_iteration` as a baseline);
+- :func:`spectral_density` — SLQ and KPM densities;
+- :func:`trace`, :func:`diagonal` — Hutchinson, Hutch++, XTrace / XDiag estimators;
+- :mod:`~curvscope.linalg.storage` — where Krylov bases live (device, host, disk).
+"""
+
+from curvscope.linalg.density import Density, spectral_density, wasserstein1
+from curvscope.linalg.eigsh import EigshResult, eigsh, power_iteration
+from curvscope.linalg.lanczos import LanczosResult, lanczos
+from curvscope.linalg.storage import BasisStorage, DeviceStorage, DiskStorage, HostStorage, make_storage
+from curvscope.linalg.trace import DiagonalResult, TraceResult, diagonal, trace
+
+__all__ = [
+    "BasisStorage",
+    "Density",
+    "DeviceStorage",
+    "DiagonalResult",
+    "DiskStorage",
+    "EigshResult",
+    "HostStorage",
+    "LanczosResult",
+    "TraceResult",
+    "diagonal",
+    "eigsh",
+    "lanczos",
+    "make_storage",
+    "power_iteration",
+    "spectral_density",
+    "trace",
+    "wasserstein1",
+]
