@@ -50,7 +50,8 @@ def draw(spec: dict, resolve: ArrayResolver, out_dir: Path) -> dict[str, Path]:
             ax.set_yticks(range(len(spec["yticklabels"])), spec["yticklabels"], fontsize=7)
     else:
         for s in spec.get("series", []):
-            x, y = resolve(s["x"]), resolve(s["y"])
+            y = resolve(s["y"])
+            x = resolve(s["x"]) if "x" in s else np.arange(1, len(y) + 1)  # no x: rank 1..n
             style = s.get("style", "line")
             kw = {"label": s.get("label")}
             if style == "scatter":
