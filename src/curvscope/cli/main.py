@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         _parser().print_help()
         return 2
+    if args.verb in ("analyze", "reproduce"):
+        from curvscope.distributed.comm import init_from_environment
+
+        init_from_environment(getattr(args, "device", "cpu"))  # under torchrun: join the process group
     try:
         if args.verb == "demo":
             from curvscope.experiments import run_experiment
@@ -170,10 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "analyze":
             from curvscope.experiments.analyze import analyze_from_args
 
-            run = analyze_from_args(args)
+            from curvscope.distributed import get_rank
             from curvscope.report import render
 
-            print(f"report: {render(run.path).resolve()}")
+            run = analyze_from_args(args)
+            if get_rank() == 0:
+                print(f"report: {render(run.path).resolve()}")
             return 0
     except (KeyError, ValueError, FileNotFoundError, PermissionError, RuntimeError, TypeError) as err:
         # Bad arguments and bad input end with the message that says what to do, not a traceback.

@@ -63,3 +63,20 @@ def shard_batches(batches: Sequence[T], rank: int | None = None, world_size: int
     rank = get_rank() if rank is None else rank
     world_size = get_world_size() if world_size is None else world_size
     return list(batches[rank::world_size])
+
+
+def init_from_environment(device: str = "cpu", timeout_s: float = 600.0) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (no-op otherwise).
+
+    Gloo for CPU, NCCL for CUDA. Returns True when this process is one of several ranks.
+    """
+    import os
+    from datetime import timedelta
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return is_distributed()
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return is_distributed()

@@ -1,0 +1,198 @@
+"""``curvscope analyze``: the library's instruments on the user's own model and data."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from curvscope.distributed import get_rank, is_distributed, shard_batches
+from curvscope.experiments import instruments as ins
+from curvscope.experiments.checkpoint import build_model
+from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
+from curvscope.operators import GGN, ClassStructure, Hessian, Residual
+
+LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss}
+
+
+def load_data(spec: str, num_samples: int | None, seed: int):
+    """A built-in dataset name, ``FORMAT:PATH``, or a folder whose format is recognised."""
+    from curvscope.data import balanced_subset, load_dataset
+
+    path = Path(spec)
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        if any(n.startswith("data_batch") or n == "test_batch" for n in names):
+            spec = f"cifar10:{path}"
+        elif any("idx" in n or "ubyte" in n for n in names):
+            spec = f"mnist-idx:{path}"
+        else:
+            raise ValueError(f"{path} holds neither MNIST-IDX files (*-ubyte[.gz]) nor CIFAR-10 batches (data_batch_*)")
+    data = load_dataset(spec)
+    if num_samples is not None:
+        data = balanced_subset(data, num_samples, seed=seed)
+    return data
+
+
+def mse_targets(loss_name: str, num_classes: int):
+    """MSE on one-hot targets for classification data (``½``-free, as ``nn.MSELoss``)."""
+    if loss_name != "mse":
+        return LOSSES[loss_name]()
+    mse = nn.MSELoss()
+    return lambda out, y: mse(out, nn.functional.one_hot(y, num_classes).to(out.dtype))
+
+
+def analyze(
+    model: nn.Module,
+    data: Any,
+    loss_name: str,
+    out: str | Path,
+    *,
+    top_k: int = 10,
+    density: bool = False,
+    trace: bool = False,
+    decompose: bool = False,
+    overlap: bool = False,
+    batch_size: int = 256,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    config: dict | None = None,
+) -> RunDir:
+    """Run the chosen measurements on ``model`` at its current weights; returns the run directory."""
+    from curvscope.data import batches
+
+    run = RunDir(out, config or {"experiment": "analyze", "seed": seed})
+    run.results["title"] = f"curvscope analyze: {type(model).__name__} on {getattr(data, 'name', 'data')}"
+    run.results["summary"] = "Curvature of the mean training loss at the given weights."
+    model = model.to(device=device, dtype=dtype)
+    loss_fn = mse_targets(loss_name, data.num_classes)
+    parts = batches(data.to(dtype=dtype, device=device), batch_size)
+    if is_distributed():
+        parts = shard_batches(parts)
+    H = Hessian(model, loss_fn, parts)
+    run.metric("num_parameters", H.shape[0])
+    run.metric("num_samples", H.num_samples)
+    t0 = time.perf_counter()
+    top = None
+    if top_k > 0:
+        top = ins.eigenpairs(run, "top", H, top_k, seed=seed, progress=progress)
+        conv = top["converged"].bool()
+        run.claim(
+            Claim(
+                "eigenpairs_certified",
+                f"top-{top_k} Hessian eigenpairs converged",
+                f"{int(conv.sum())}/{top_k}",
+                "residual <= tol·‖H‖",
+                bool(conv.all()),
+            )
+        )
+        run.figure(ins.sorted_eigenvalues_figure("top_eigenvalues", "top Hessian eigenvalues", {"H": "top"}))
+    if density:
+        ins.density(run, "density_H", H, seed=seed, progress=progress)
+        run.figure(
+            ins.density_figure(
+                "density",
+                "Hessian spectral density (SLQ)",
+                {"H": "density_H"},
+                outliers=None if top is None else top["eigenvalues"],
+            )
+        )
+    if trace:
+        tr = ins.trace_estimate(run, "trace_H", H, seed=seed)
+        run.metric("trace_H", tr["estimate"])
+        run.metric("trace_H_stderr", tr["stderr"])
+    if decompose:
+        G, R = GGN(model, loss_fn, parts), Residual(model, loss_fn, parts)
+        ins.density(run, "density_G", G, seed=seed, progress=progress)
+        ins.density(run, "density_Hres", R, seed=seed, progress=progress)
+        steps = {"H": "density_H"} if density else {}
+        run.figure(
+            ins.density_figure(
+                "decomposition", "H, G and H_res densities", {**steps, "G": "density_G", "H_res": "density_Hres"}
+            )
+        )
+        if loss_name == "cross_entropy":
+            cs = ClassStructure(model, loss_fn, parts)
+            for name, op in (("class", cs.class_term), ("cross", cs.cross_term), ("within", cs.within_term)):
+                ins.density(run, f"density_G_{name}", op, seed=seed, progress=progress)
+            run.figure(
+                ins.density_figure(
+                    "class_structure",
+                    "class-structure terms of G",
+                    {n: f"density_G_{n}" for n in ("class", "cross", "within")},
+                )
+            )
+    if overlap and top is not None:
+        from curvscope.metrics import magnitude_mask, mask_overlap
+
+        values = dict(H.problem.values)
+        D = H.shape[0]
+
+        def compute():
+            Q = top["eigenvectors"].to(torch.float64)
+            ks = [k for k in (1, 2, 5, 10, 20, 50, 100) if k <= Q.shape[1]]
+            ratios = []
+            for k in ks:
+                mask = magnitude_mask(values, k)
+                ratios.append(mask_overlap(mask, Q[:, :k]) / (k / D))
+            return {"k": torch.tensor(ks, dtype=torch.float64), "ratio": torch.tensor(ratios, dtype=torch.float64)}
+
+        run.step("overlap", compute)
+        run.figure(
+            Figure(
+                "overlap",
+                "magnitude mask vs top-k eigenspace",
+                "k",
+                "overlap / (k/D)",
+                series=[
+                    {
+                        "label": "magnitude mask",
+                        "x": array_ref("overlap", "k"),
+                        "y": array_ref("overlap", "ratio"),
+                        "marker": "o",
+                    }
+                ],
+                hlines=[{"y": 1.0, "label": "chance"}],
+                logx=True,
+            )
+        )
+    run.metric("seconds", time.perf_counter() - t0)
+    run.finish()
+    return run
+
+
+def analyze_from_args(args: argparse.Namespace) -> RunDir:
+    """The CLI's ``analyze`` verb."""
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+    model = build_model(args.model, args.checkpoint)
+    data = load_data(args.data, args.num_samples, args.seed)
+    config = {k: v for k, v in vars(args).items() if k not in ("verb", "verbose", "quiet")}
+    config["experiment"] = "analyze"
+    # Every rank computes the same results; only rank 0 keeps its run directory.
+    out = args.out if get_rank() == 0 else tempfile.mkdtemp(prefix=f"curvscope-rank{get_rank()}-")
+    return analyze(
+        model,
+        data,
+        args.loss,
+        out,
+        top_k=args.top_k,
+        density=args.density,
+        trace=args.trace,
+        decompose=args.decompose,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        dtype=dtype,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.quiet,
+        config=config,
+    )
