@@ -172,9 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             print_listing()
             return 0
         if args.verb == "analyze":
-            from curvscope.experiments.analyze import analyze_from_args
-
             from curvscope.distributed import get_rank
+            from curvscope.experiments.analyze import analyze_from_args
             from curvscope.report import render
 
             run = analyze_from_args(args)
