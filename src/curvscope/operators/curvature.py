@@ -17,9 +17,10 @@ A curvature operator is ``(1/N) Σ_b P_b`` where ``P_b`` is the product of batch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -66,6 +67,9 @@ class CurvatureOperator(LinearOperator):
         distributed: sum products over the ranks of the default process group, each rank
             holding a shard of the data (default: when ``torch.distributed`` is initialised
             with more than one process). See :mod:`curvscope.distributed`.
+        allow_tf32: let CUDA matmuls/convolutions use TF32 inside products (default off:
+            TF32 keeps 10 mantissa bits, ~1e-3 relative error, too coarse for eigenvalue
+            certificates). The global flags are restored after each product.
         **problem_kwargs: forwarded to :class:`LossProblem` (``loss_reduction``,
             ``move_batches``, ``input_keys``, ``check_data``).
     """
@@ -84,6 +88,7 @@ class CurvatureOperator(LinearOperator):
         probe: bool = True,
         strategy: str = "auto",
         distributed: bool | None = None,
+        allow_tf32: bool = False,
         problem: LossProblem | None = None,
         **problem_kwargs: Any,
     ) -> None:
@@ -99,6 +104,7 @@ class CurvatureOperator(LinearOperator):
             raise ValueError(f"strategy must be 'auto' or one of {self._strategies()}, got {strategy!r}")
         self.strategy = strategy
         self.distributed = is_distributed() if distributed is None else bool(distributed)
+        self.allow_tf32 = bool(allow_tf32)
         self._strategy_order = self._strategies()
         self._chosen: dict[str, str] = {}
 
@@ -180,6 +186,10 @@ class CurvatureOperator(LinearOperator):
         return result
 
     def _matmat(self, X: Tensor) -> Tensor:
+        with tf32_disabled(self.device, self.allow_tf32):
+            return self._matmat_exact(X)
+
+    def _matmat_exact(self, X: Tensor) -> Tensor:
         Y = self._pass(X)
         if self._probe_pending:
             self._probe_pending = False
@@ -252,6 +262,20 @@ class CurvatureOperator(LinearOperator):
         """``N``, over all ranks' shards."""
         n = torch.tensor([float(self.problem.num_samples)], dtype=torch.float64)
         return int(all_reduce_sum(n).item()) if self.distributed else self.problem.num_samples
+
+
+@contextlib.contextmanager
+def tf32_disabled(device: torch.device, allow: bool) -> Iterator[None]:
+    """On CUDA, switch TF32 off for the duration (unless ``allow``), then restore the flags."""
+    if device.type != "cuda" or allow:
+        yield
+        return
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def reverse_over_reverse(fn: Callable[[TangentDict], Tensor], values: TangentDict, V: TangentDict) -> TangentDict:
