@@ -49,8 +49,10 @@ def draw(spec: dict, resolve: ArrayResolver, out_dir: Path) -> dict[str, Path]:
         if spec.get("yticklabels"):
             ax.set_yticks(range(len(spec["yticklabels"])), spec["yticklabels"], fontsize=7)
     else:
+        top = 0.0
         for s in spec.get("series", []):
             y = resolve(s["y"])
+            top = max(top, float(np.nanmax(y)) if y.size else 0.0)
             x = resolve(s["x"]) if "x" in s else np.arange(1, len(y) + 1)  # no x: rank 1..n
             style = s.get("style", "line")
             kw = {"label": s.get("label")}
@@ -73,6 +75,8 @@ def draw(spec: dict, resolve: ArrayResolver, out_dir: Path) -> dict[str, Path]:
             ax.set_xscale("log")
         if spec.get("logy"):
             ax.set_yscale("log")
+            if top > 0:  # densities have Gaussian tails down to 1e-300: show ymin_ratio decades below the peak
+                ax.set_ylim(bottom=top * spec.get("ymin_ratio", 1e-7), top=top * 3)
         if any(s.get("label") for s in spec.get("series", [])) or spec.get("vlines") or spec.get("hlines"):
             ax.legend(fontsize=8)
     ax.set_title(spec.get("title", ""), fontsize=10)
