@@ -1,0 +1,461 @@
+"""Local geometry of the loss landscape: logit-gradient clusters, a tiny gradient subspace, the Goldilocks zone.
+
+What the papers claim (SCIENCE.md §2.7):
+
+- Fort & Ganguli 2019, "Emergent properties of the local geometry of neural loss
+  landscapes": per-sample logit gradients ``∇_θ z_k(x_i)`` cluster by logit ``k`` (mean
+  ``c_k`` plus noise), with a weaker dependence on the input's class. This one fact explains
+  about C high-curvature directions, a gradient confined to them, a top eigenvalue that
+  rises early then falls, and the Goldilocks zone.
+- Gur-Ari, Roberts & Dyer 2018, "Gradient descent happens in a tiny subspace": after a
+  short time, ``f_top = ‖P_k g‖²/‖g‖²`` with ``P_k`` the projector on the top-k Hessian
+  eigenvectors (k = C − 1 here) is close to 1, and that subspace changes slowly.
+- Fort & Scherlis 2018, "The Goldilocks zone": for a random ``d``-dimensional hyperplane
+  ``θ₀ + M w``, ``Tr(H_d)/‖H_d‖_F`` and the fraction of positive eigenvalues of
+  ``H_d = Mᵀ H M`` are high only in a band of initialisation radii.
+
+What is measured. Two runs on the GMM setup (C = 10, d = 30, N = 2000, MLP 30-32-32-10,
+SGD lr 0.05, momentum 0.9, batch 64, float64): overlapping classes (spread s = 0.4; the loss
+stays above 0.3 for the whole run, where confinement and persistence are claimed) and
+separable classes (s = 1; the net interpolates, where λ_max rises then falls and the
+confinement collapses). At each snapshot: the top-C eigenpairs of the full-batch Hessian
+(certified Lanczos), ``f_top`` of the full-batch gradient and of 64-sample mini-batch
+gradients, the persistence of the top-(C−1) eigenspace between snapshots, and the cosine
+matrix of per-sample logit gradients on a class-balanced subset (per-sample Jacobians),
+grouped by (logit, class). Goldilocks: bias-free ReLU MLP 64-16-16-10 on digits with the
+initial weights ×α, ``H_d`` on random subspaces for α on a log grid. Hyperplane training:
+the same network trained with :func:`curvscope.train.train_subspace` for several ``d`` and
+α — reported, not asserted.
+
+Scales. ``quick`` (≤ 90 s on one core): 20 epochs, 8 snapshots per run (epochs 0, 0.5, 1,
+2, 3, 5, 10, 20), top-10 eigenpairs to tol 1e-5, 8 mini-batches, logit gradients of 100
+samples at 4 snapshots, 9 values of α with 2 random 100-dimensional subspaces each,
+hyperplane training for d ∈ {16, 64, 256}, α ∈ {0.2, 1, 4, 32}, SGD and Adam, 4 epochs.
+``full`` (for a GPU): the same networks and data, 40 epochs and 14 snapshots, tol 1e-8,
+32 mini-batches, 500 samples for the logit gradients, 18 values of α with 8 subspaces of
+dimension 400, hyperplane training for 9 dimensions × 9 scales × 2 optimizers, 20 epochs.
+
+Flushes denormals (``torch.set_flush_denormal(True)``, a process-wide flag): late-training
+Hessian products run several times slower without it (SCIENCE.md §2, practical notes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from curvscope.data import balanced_subset, batches, load_dataset, train_test_split
+from curvscope.experiments import instruments as ins
+from curvscope.experiments.registry import Context, Recipe
+from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
+from curvscope.metrics import (
+    confinement_chance,
+    goldilocks,
+    gradient_confinement,
+    logit_gradient_clustering,
+    subspace_persistence,
+)
+from curvscope.models import build_model
+from curvscope.operators import Hessian, LossProblem
+from curvscope.operators.dense import per_sample_jacobians
+from curvscope.train import TrainConfig, steps_per_epoch, train, train_subspace
+
+C = 10
+GMM = {"num_classes": C, "dim": 30, "num_samples": 2000}
+RUNS = {"overlap": 0.4, "separable": 1.0}  # GMM class-mean spread s of each training run
+F64 = torch.float64
+SRC = "SCIENCE.md §2.7"
+DYN_KEYS = ("epoch", "ftop", "ftop_C", "mb_mean", "mb_min", "mb_max", "lambda_max")
+LOGIT_KEYS = ("same_logit", "cross_logit", "same_logit_same_class", "same_logit_cross_class")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Scale-dependent sizes (see the module docstring)."""
+
+    epochs: float
+    snapshot_epochs: tuple[float, ...]
+    eig_tol: float
+    num_minibatches: int
+    logit_per_class: int
+    logit_epochs: tuple[float, ...]
+    alphas: tuple[float, ...]
+    gold_dim: int
+    gold_subspaces: int
+    plane_dims: tuple[int, ...]
+    plane_alphas: tuple[float, ...]
+    plane_epochs: float
+    plane_optimizers: tuple[str, ...] = ("sgd", "adam")
+
+
+QUICK = Settings(
+    epochs=20, snapshot_epochs=(0, 0.5, 1, 2, 3, 5, 10, 20), eig_tol=1e-5, num_minibatches=8, logit_per_class=10,
+    logit_epochs=(0, 2, 5, 20), alphas=(0.1, 0.2, 0.5, 1, 2, 4, 8, 16, 32), gold_dim=100, gold_subspaces=2,
+    plane_dims=(16, 64, 256), plane_alphas=(0.2, 1, 4, 32), plane_epochs=4,
+)  # fmt: skip
+FULL = Settings(
+    epochs=40, snapshot_epochs=(0, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7, 10, 15, 20, 30, 40), eig_tol=1e-8,
+    num_minibatches=32, logit_per_class=50, logit_epochs=(0, 1, 2, 5, 10, 20, 40),
+    alphas=(0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1, 1.4, 2, 2.8, 4, 5.6, 8, 11, 16, 23, 32, 64), gold_dim=400,
+    gold_subspaces=8, plane_dims=(4, 8, 16, 32, 64, 128, 256, 512, 1024),
+    plane_alphas=(0.1, 0.2, 0.5, 1, 2, 4, 8, 16, 32), plane_epochs=20,
+)  # fmt: skip
+PLANE_LR = {"sgd": 0.05, "adam": 0.01}
+LABEL = {"overlap": "s = 0.4 (overlapping)", "separable": "s = 1 (separable)"}
+
+
+def _gmm_run(run: RunDir, ctx: Context, s: Settings, tag: str) -> dict:
+    """Train one GMM run; per snapshot: top-C eigenpairs, confinement, logit-gradient cosines; then a summary."""
+    data = load_dataset("gmm", **GMM, spread=RUNS[tag], seed=ctx.seed, dtype=F64).to(device=ctx.device)
+    model = build_model("mlp", in_features=GMM["dim"], widths=(32, 32), num_classes=C, seed=ctx.seed, dtype=F64)
+    model = model.to(ctx.device)
+    config = TrainConfig(lr=0.05, momentum=0.9, batch_size=64, epochs=s.epochs, seed=ctx.seed)
+    spe = steps_per_epoch(len(data), config)
+    config = TrainConfig(**{**config.to_dict(), "snapshot_steps": tuple(round(e * spe) for e in s.snapshot_epochs)})
+
+    def fit() -> dict:
+        hist = train(model, data, config, progress=ctx.progress)
+        out = {k: torch.tensor([sn.metrics[k] for sn in hist.snapshots], dtype=F64) for k in ("loss", "accuracy")}
+        out["epoch"] = torch.tensor([sn.epoch for sn in hist.snapshots], dtype=F64)
+        out["batch_loss"] = torch.tensor(hist.batch_loss, dtype=F64)
+        for i, sn in enumerate(hist.snapshots):
+            out.update({f"state{i}.{k}": v.detach().cpu() for k, v in sn.load_state().items()})
+        return out
+
+    fitted = run.step(f"train_{tag}", fit)
+    loss_fn = nn.CrossEntropyLoss()
+    mini = batches(data, 64, shuffle=True, seed=ctx.seed)[: s.num_minibatches]
+    sub = balanced_subset(data, s.logit_per_class * C, seed=ctx.seed)
+    bases, rows, logit_rows, logit_step = [], [], [], ""
+    for i, ep in enumerate(fitted["epoch"].tolist()):
+        model.load_state_dict({k: fitted[f"state{i}.{k}"] for k in model.state_dict()})
+        H = Hessian(model, loss_fn, batches(data))
+        top = ins.eigenpairs(run, f"eig_{tag}_{i}", H, C, tol=s.eig_tol, seed=ctx.seed)
+        V = top["eigenvectors"].to(F64)
+        bases.append(V[:, : C - 1])
+
+        def confine(V=V, H=H) -> dict:
+            g = H.gradient().cpu().to(F64)
+            mb = torch.stack([Hessian(model, loss_fn, [b], probe=False).gradient().cpu().to(F64) for b in mini], 1)
+            full = [gradient_confinement(g, V[:, : C - 1]), gradient_confinement(g, V)]
+            return {"full": full, "minibatch": gradient_confinement(mb, V[:, : C - 1])}
+
+        conf = run.step(f"confine_{tag}_{i}", confine)
+        mb = conf["minibatch"]
+        rows.append([ep, *conf["full"], mb.mean(), mb.min(), mb.max(), top["eigenvalues"][0]])
+        if any(abs(ep - e) < 1e-9 for e in s.logit_epochs):
+            logit_step = f"logits_{tag}_{i}"
+            lg = run.step(logit_step, lambda: _logit_cosines(model, loss_fn, sub.x, sub.y))
+            logit_rows.append([ep] + [lg[k] for k in LOGIT_KEYS])
+    table, ltable = torch.tensor(rows, dtype=F64), torch.tensor(logit_rows, dtype=F64)
+
+    def summarize() -> dict:
+        out = {k: table[:, j].contiguous() for j, k in enumerate(DYN_KEYS)}
+        out.update({f"logit_{k}": ltable[:, j].contiguous() for j, k in enumerate(("epoch", *LOGIT_KEYS))})
+        out.update(persistence=subspace_persistence(bases).to(F64), loss=fitted["loss"])
+        return {**out, "num_params": bases[0].shape[0], "logit_step": logit_step}
+
+    return run.step(f"dynamics_{tag}", summarize)
+
+
+def _logit_cosines(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Per-sample logit gradients ``[B, C, D]`` (explicit Jacobians) → cosines grouped by (logit, class)."""
+    _, J = per_sample_jacobians(LossProblem(model, loss_fn, [(x, y)]), x)
+    res = logit_gradient_clustering(J.cpu(), y.cpu())
+    return {"blocks": res.group_means.to(F64), **{k: float(getattr(res, k)) for k in LOGIT_KEYS}}
+
+
+def _goldilocks_net(alpha: float, ctx: Context, dtype: torch.dtype) -> nn.Module:
+    """Bias-free ReLU MLP 64-16-16-10 (D = 1440) with PyTorch's initial weights ×α."""
+    return build_model(
+        "mlp", in_features=64, widths=(16, 16), num_classes=C, bias=False, init_scale=alpha, seed=ctx.seed, dtype=dtype
+    ).to(ctx.device)
+
+
+def _goldilocks(run: RunDir, ctx: Context, s: Settings) -> dict:
+    """``Tr(H_d)/‖H_d‖_F`` and the positive fraction of ``H_d`` on random subspaces, per init scale α (digits)."""
+    data = load_dataset("digits", dtype=F64).to(device=ctx.device)
+    rows = []
+    for a in s.alphas:
+
+        def measure(a=a) -> dict:
+            H = Hessian(_goldilocks_net(a, ctx, F64), nn.CrossEntropyLoss(), batches(data), strategy="vmap")
+            res = [goldilocks(H, s.gold_dim, seed=1000 * ctx.seed + j) for j in range(s.gold_subspaces)]
+            ratio, pos = ([getattr(r, k) for r in res] for k in ("trace_ratio", "positive_fraction"))
+            return {"ratio": torch.tensor(ratio, dtype=F64), "positive": torch.tensor(pos, dtype=F64)}
+
+        r = run.step(f"goldilocks_a{a:g}", measure)
+        rows.append([a, r["ratio"].mean(), r["ratio"].min(), r["ratio"].max(), r["positive"].mean()])
+    t, keys = torch.tensor(rows, dtype=F64), ("alpha", "ratio", "ratio_min", "ratio_max", "positive")
+    return run.step("goldilocks", lambda: {k: t[:, j].contiguous() for j, k in enumerate(keys)})
+
+
+def _hyperplanes(run: RunDir, ctx: Context, s: Settings) -> dict:
+    """Train the Goldilocks network inside random ``d``-dimensional hyperplanes, per (optimizer, α)."""
+    tr, te = train_test_split(load_dataset("digits"), 0.2, seed=ctx.seed)
+    out = {}
+    for opt in s.plane_optimizers:
+        cfg = TrainConfig(optimizer=opt, lr=PLANE_LR[opt], batch_size=64, epochs=s.plane_epochs, seed=ctx.seed)
+        for a in s.plane_alphas:
+
+            def fit(a=a, cfg=cfg) -> dict:
+                acc = []
+                for d in s.plane_dims:
+                    net = _goldilocks_net(a, ctx, torch.float32)
+                    _, hist = train_subspace(net, tr, d, cfg, kind="dense", seed=ctx.seed, eval_data=te)
+                    acc.append([hist.final.metrics["accuracy"], hist.final.metrics["test_accuracy"]])
+                acc = torch.tensor(acc, dtype=F64).T.contiguous()
+                return {"train_accuracy": acc[0], "test_accuracy": acc[1]}
+
+            out[(opt, a)] = run.step(f"plane_{opt}_a{a:g}", fit)["train_accuracy"]
+    return out
+
+
+def _rng(xs) -> str:
+    """``lo–hi`` of numbers, 3 significant digits."""
+    xs = [float(x) for x in xs]
+    return f"{min(xs):.3g}–{max(xs):.3g}" if len(xs) > 1 else f"{xs[0]:.3g}"
+
+
+def _fmt(xs) -> str:
+    """Comma-separated numbers, 3 significant digits."""
+    return ", ".join(f"{float(x):.3g}" for x in xs)
+
+
+def _claim(run: RunDir, name: str, statement: str, measured, criterion: str, passed, source: str = SRC) -> None:
+    """Record a :class:`Claim` (``passed`` cast to bool; ``None`` = reported, not asserted)."""
+    run.claim(Claim(name, statement, measured, criterion, None if passed is None else bool(passed), source))
+
+
+def _claims_logits(run: RunDir, dyn: dict) -> None:
+    """Same-logit vs cross-logit cosines over every measured snapshot of both GMM runs."""
+    same, cross, sc, oc = ([x for d in dyn.values() for x in d[f"logit_{k}"].tolist()] for k in LOGIT_KEYS)
+    _claim(
+        run, "logit_gradient_clustering",
+        "per-sample logit gradients cluster by logit: mean cosine of ∇z_k(x_i), ∇z_k(x_j) (i ≠ j) vs of "
+        "∇z_k(x_i), ∇z_k'(x_j) (k ≠ k'), at every measured snapshot of both GMM runs",
+        f"same logit {_rng(same)}, cross logit {_rng(cross)}",
+        "same-logit ≥ 0.1 and |cross-logit| ≤ 0.05 (SCIENCE: 0.16–0.41 vs ≈ 0)",
+        min(same) >= 0.1 and max(map(abs, cross)) <= 0.05, "Fort & Ganguli 2019; " + SRC,
+    )  # fmt: skip
+    _claim(
+        run, "logit_gradient_class_dependence",
+        "within one logit, gradients of inputs of the same class are more aligned than of other classes",
+        f"same class {_rng(sc)}, other classes {_rng(oc)}", "reported (the weaker class dependence), not asserted",
+        None, "Fort & Ganguli 2019",
+    )  # fmt: skip
+
+
+def _claims_dynamics(run: RunDir, dyn: dict, D: int) -> None:
+    """Confinement, its collapse at interpolation, persistence, λ_max rise and fall."""
+    chance = confinement_chance(C - 1, D)
+    ov, sep = dyn["overlap"], dyn["separable"]
+    ep, ft, loss = ov["epoch"], ov["ftop"], ov["loss"]
+    late = (ep >= 3) & (loss > 0.3)
+    vals = ft[late].tolist()
+    _claim(
+        run, "gradient_confinement",
+        "after a short time the full-batch gradient lies in the top-(C−1) Hessian eigenspace while the loss is "
+        "high (overlapping GMM, s = 0.4)",
+        f"f_top {_rng(vals)} at epochs {_fmt(ep[late])} (loss {_rng(loss[late])})",
+        f"f_top ≥ 0.7 at every snapshot with epoch ≥ 3 and loss > 0.3 (SCIENCE: 0.77–0.93); chance (C−1)/D = "
+        f"{chance:.4f}",
+        bool(vals) and min(vals) >= 0.7, "Gur-Ari et al. 2018; " + SRC,
+    )  # fmt: skip
+    early = {t: "; ".join(f"{e:g}: {f:.3f}" for e, f in zip(d["epoch"].tolist(), d["ftop"].tolist()) if e < 3)
+             for t, d in dyn.items()}  # fmt: skip
+    _claim(
+        run, "gradient_confinement_early",
+        "f_top in the first epochs, before the top subspace has formed (epoch: f_top)",
+        f"s = 0.4: {early['overlap']} | s = 1: {early['separable']}", "reported, not asserted", None,
+        "Gur-Ari et al. 2018",
+    )  # fmt: skip
+    _claim(
+        run, "gradient_confinement_minibatch",
+        "share of 64-sample mini-batch gradients in the full-batch top-(C−1) eigenspace (s = 0.4, same snapshots)",
+        f"mean {_rng(ov['mb_mean'][late])} (min {ov['mb_min'][late].min():.3f}); full batch {_rng(vals)}",
+        "reported, not asserted", None, "Gur-Ari et al. 2018",
+    )  # fmt: skip
+    fin = float(sep["ftop"][-1])
+    _claim(
+        run, "gradient_confinement_collapse",
+        "at interpolation (separable GMM, s = 1) the gradient leaves the top subspace",
+        f"f_top {fin:.3f} at epoch {sep['epoch'][-1]:g} (loss {sep['loss'][-1]:.1e}); {fin / chance:.0f}× chance",
+        f"f_top ≤ 0.2 at the last snapshot (SCIENCE: collapses to chance {chance:.4f})", fin <= 0.2,
+    )  # fmt: skip
+    P, eps = ov["persistence"], ep.tolist()
+    idx = [eps.index(e) for e in (5.0, 10.0, 20.0) if e in eps]
+    pairs = [float(P[a, b]) for n, a in enumerate(idx) for b in idx[n + 1 :]]
+    _claim(
+        run, "subspace_persistence",
+        "the top-(C−1) eigenspace changes slowly: overlaps (5, 10), (5, 20), (10, 20) in epochs (s = 0.4)",
+        _fmt(pairs), "every overlap ≥ 0.7 (SCIENCE: 0.8–0.93)", len(pairs) == 3 and min(pairs) >= 0.7,
+        "Gur-Ari et al. 2018; " + SRC,
+    )  # fmt: skip
+    p0 = float(P[0, -1])
+    _claim(
+        run, "subspace_persistence_from_init",
+        "the top eigenspace at initialisation is largely replaced by the end (s = 0.4)",
+        f"overlap(init, epoch {eps[-1]:g}) = {p0:.3f}", "≤ 0.4 (SCIENCE: 0.24)", p0 <= 0.4,
+        "Gur-Ari et al. 2018; " + SRC,
+    )  # fmt: skip
+    for tag, d in dyn.items():
+        lam, k = d["lambda_max"], int(d["lambda_max"].argmax())
+        ok = lam[k] >= 2 * lam[0] and lam[-1] <= 0.25 * lam[k]
+        _claim(
+            run, f"lambda_max_rise_fall_{tag}",
+            f"λ_max rises early in training, then falls ({LABEL[tag]})",
+            f"{lam[0]:.3g} → {lam[k]:.3g} (epoch {d['epoch'][k]:g}) → {lam[-1]:.3g} (epoch {d['epoch'][-1]:g})",
+            "peak ≥ 2× initial and last ≤ 0.25× peak (SCIENCE: 0.59 → 5.29 → 0.07)" if tag == "separable"
+            else "reported: the loss stays high in this run, no fall expected",
+            ok if tag == "separable" else None, "Fort & Ganguli 2019; " + SRC,
+        )  # fmt: skip
+
+
+def _claims_goldilocks(run: RunDir, g: dict, s: Settings) -> None:
+    """The zone: ≈ 0 at small α, a peak at intermediate α, lower again at large α."""
+    a, r, pos = g["alpha"].tolist(), g["ratio"].tolist(), g["positive"].tolist()
+    small = [x for al, x in zip(a, r) if al <= 0.2]
+    k, kp = max(range(len(r)), key=r.__getitem__), max(range(len(pos)), key=pos.__getitem__)
+    where = f"d = {s.gold_dim}, {s.gold_subspaces} random subspaces per α"
+    src = "Fort & Scherlis 2018; " + SRC
+    _claim(
+        run, "goldilocks_small_init", f"Tr(H_d)/‖H_d‖_F ≈ 0 for small initial weights ({where})",
+        f"{_fmt(small)} at α ≤ 0.2", "|ratio| ≤ 0.5 for every α ≤ 0.2 (SCIENCE: ≈ 0)",
+        bool(small) and max(map(abs, small)) <= 0.5, src,
+    )  # fmt: skip
+    _claim(
+        run, "goldilocks_peak", f"Tr(H_d)/‖H_d‖_F peaks at an intermediate init scale ({where})",
+        f"max {r[k]:.3g} at α = {a[k]:g}", "argmax α in [2, 8] and peak ≥ 3 (SCIENCE: ≈ 7 around α = 4)",
+        2 <= a[k] <= 8 and r[k] >= 3, src,
+    )  # fmt: skip
+    _claim(
+        run, "goldilocks_large_init", f"beyond the zone the measure falls again ({where})",
+        f"{r[-1]:.3g} at α = {a[-1]:g} vs peak {r[k]:.3g}",
+        "ratio at the largest α ≤ 0.5 × peak (SCIENCE: ≈ 1.5 at α = 32)", r[-1] <= 0.5 * r[k], src,
+    )  # fmt: skip
+    _claim(
+        run, "goldilocks_positive_fraction", f"the positive fraction of H_d is highest in the zone ({where})",
+        f"{pos[0]:.2f} (α = {a[0]:g}), max {pos[kp]:.2f} (α = {a[kp]:g}), {pos[-1]:.2f} (α = {a[-1]:g})",
+        "argmax α in [2, 8], exceeding both ends by ≥ 0.1", 2 <= a[kp] <= 8 and pos[kp] >= max(pos[0], pos[-1]) + 0.1,
+        "Fort & Scherlis 2018",
+    )  # fmt: skip
+
+
+def _claims_planes(run: RunDir, planes: dict, s: Settings) -> None:
+    """Hyperplane trainability per (optimizer, d, α): reported only."""
+    for opt in s.plane_optimizers:
+        best = []
+        for j, d in enumerate(s.plane_dims):
+            acc = {a: float(planes[(opt, a)][j]) for a in s.plane_alphas}
+            top = max(acc, key=acc.get)
+            best.append(f"d = {d}: best α = {top:g} ({_fmt(acc.values())})")
+        _claim(
+            run, f"hyperplane_training_{opt}",
+            f"train accuracy after {s.plane_epochs:g} epochs of {opt.upper()} (lr {PLANE_LR[opt]}) in a random "
+            f"hyperplane, per d, for α = {_fmt(s.plane_alphas)}",
+            "; ".join(best), "reported, not asserted (SCIENCE: trainability did not peak in the zone)", None,
+            "Fort & Scherlis 2018; Li et al. 2018",
+        )  # fmt: skip
+
+
+def _xy(name: str, title: str, xlabel: str, ylabel: str, series: list, **kw) -> Figure:
+    """An x–y figure spec."""
+    return Figure(name, title, xlabel, ylabel, series=series, **kw)
+
+
+def _per_run(key: str, x: str = "epoch", prefix: str = "", **kw) -> list[dict]:
+    """One series per GMM run from its ``dynamics_<run>`` step."""
+    return [{"label": prefix + LABEL[t], "x": array_ref(f"dynamics_{t}", x), "y": array_ref(f"dynamics_{t}", key),
+             "marker": "o", **kw} for t in RUNS]  # fmt: skip
+
+
+def _figures(run: RunDir, s: Settings, dyn: dict, D: int) -> None:
+    """Figure specs: cosine heat map, confinement, λ_max, loss, persistence, Goldilocks, hyperplanes."""
+    chance = confinement_chance(C - 1, D)
+    ticks = [f"z{k}" if c == 0 else "" for k in range(C) for c in range(C)]
+    run.figure(Figure(
+        "logit_gradient_cosines", f"logit-gradient cosines by (logit, class), s = 0.4, epoch "
+        f"{dyn['overlap']['logit_epoch'][-1]:g}", "(logit k', class c'): C classes per logit",
+        "(logit k, class c)", kind="heatmap", z=array_ref(dyn["overlap"]["logit_step"], "blocks"),
+        xticklabels=ticks, yticklabels=ticks,
+        caption="Mean cosine of ∇θ z_k(x_i) and ∇θ z_k'(x_j) (i ≠ j), ordered by logit then class; bright "
+        "diagonal C×C blocks are the same-logit clusters of Fort & Ganguli 2019.",
+    ))  # fmt: skip
+    series = _per_run("logit_same_logit", "logit_epoch", "same logit, ")
+    series += _per_run("logit_cross_logit", "logit_epoch", "cross logit, ")
+    run.figure(_xy("logit_cosines_training", "mean logit-gradient cosine over training", "epoch", "mean cosine",
+                   series, hlines=[{"y": 0.0, "label": "0"}]))  # fmt: skip
+    mb = {"label": "mini-batch (64) mean, band min–max, s = 0.4", "x": array_ref("dynamics_overlap", "epoch"),
+          "y": array_ref("dynamics_overlap", "mb_mean"),
+          "band": [array_ref("dynamics_overlap", "mb_min"), array_ref("dynamics_overlap", "mb_max")]}  # fmt: skip
+    run.figure(_xy(
+        "gradient_confinement", "gradient confinement f_top = ‖P g‖²/‖g‖², P onto the top C−1 = 9 eigenvectors",
+        "epoch", "f_top", [*_per_run("ftop", prefix="full batch, "), mb],
+        hlines=[{"y": chance, "label": f"chance (C−1)/D = {chance:.4f}"}],
+    ))  # fmt: skip
+    run.figure(_xy("lambda_max", "top Hessian eigenvalue over training", "epoch", "λ_max (log scale)",
+                   _per_run("lambda_max"), logy=True))  # fmt: skip
+    run.figure(_xy("training_loss", "full-batch training loss at the snapshots", "epoch", "loss (log scale)",
+                   _per_run("loss"), logy=True, hlines=[{"y": 0.3, "label": "loss 0.3"}]))  # fmt: skip
+    for t in RUNS:
+        eps = [f"{e:g}" for e in dyn[t]["epoch"].tolist()]
+        run.figure(Figure(
+            f"persistence_{t}", f"persistence of the top-(C−1) eigenspace, {LABEL[t]}", "epoch", "epoch",
+            kind="heatmap", z=array_ref(f"dynamics_{t}", "persistence"), xticklabels=eps, yticklabels=eps,
+            caption=f"overlap(V(t), V(t')) = ‖V(t)ᵀV(t')‖_F²/k, k = C − 1: 1 = same subspace, chance k/D = "
+            f"{chance:.4f}",
+        ))  # fmt: skip
+    g = lambda key: array_ref("goldilocks", key)  # noqa: E731
+    band = {"band": [g("ratio_min"), g("ratio_max")]} if s.gold_subspaces > 1 else {}
+    run.figure(_xy(
+        "goldilocks_ratio",
+        f"Goldilocks zone: Tr(H_d)/‖H_d‖_F, random {s.gold_dim}-dim subspaces (64-16-16-10, digits)",
+        "init scale α (log scale)", "Tr(H_d) / ‖H_d‖_F",
+        [{"label": f"mean of {s.gold_subspaces} subspaces (band: min–max)", "x": g("alpha"), "y": g("ratio"),
+          "marker": "o", **band}], logx=True, hlines=[{"y": 0.0, "label": "0 (random symmetric matrix)"}],
+    ))  # fmt: skip
+    run.figure(_xy(
+        "goldilocks_positive", f"fraction of positive eigenvalues of H_d (d = {s.gold_dim})",
+        "init scale α (log scale)", "fraction of λ(H_d) > 0",
+        [{"label": "mean over subspaces", "x": g("alpha"), "y": g("positive"), "marker": "o"}], logx=True,
+        hlines=[{"y": 0.5, "label": "0.5"}],
+    ))  # fmt: skip
+    for opt in s.plane_optimizers:
+        series = [{"label": f"α = {a:g}", "x": list(s.plane_dims), "y": array_ref(f"plane_{opt}_a{a:g}",
+                   "train_accuracy"), "marker": "o"} for a in s.plane_alphas]  # fmt: skip
+        run.figure(_xy(
+            f"hyperplane_training_{opt}", f"training in a random d-dim hyperplane ({opt.upper()}, lr "
+            f"{PLANE_LR[opt]}, {s.plane_epochs:g} epochs)", "hyperplane dimension d (log scale)", "train accuracy",
+            series, logx=True, hlines=[{"y": 1 / C, "label": "chance"}],
+        ))  # fmt: skip
+
+
+def run_fortganguli(run: RunDir, ctx: Context) -> None:
+    """Logit-gradient clustering, confinement, persistence, λ_max, Goldilocks zone, hyperplane training."""
+    s = QUICK if ctx.quick else FULL
+    torch.set_flush_denormal(True)
+    dyn = {tag: _gmm_run(run, ctx, s, tag) for tag in RUNS}
+    D = int(dyn["overlap"]["num_params"])
+    run.metric("num_parameters_gmm", D)
+    run.metric("settings", {**vars(s), "gmm_spread": RUNS, "gmm": GMM})
+    _claims_logits(run, dyn)
+    _claims_dynamics(run, dyn, D)
+    _claims_goldilocks(run, _goldilocks(run, ctx, s), s)
+    _claims_planes(run, _hyperplanes(run, ctx, s), s)
+    _figures(run, s, dyn, D)
+
+
+RECIPE = Recipe(
+    name="fortganguli2019",
+    title="Local geometry: logit-gradient clusters, gradient confinement, λ_max dynamics, Goldilocks zone",
+    summary="GMM (C = 10, d = 30, N = 2000), MLP 30-32-32-10 trained by SGD on overlapping (s = 0.4) and separable "
+    "(s = 1) classes: per-sample logit-gradient cosines grouped by (logit, class); the share of the full-batch and "
+    "mini-batch gradients in the top-(C−1) Hessian eigenspace and its persistence; λ_max over training. Bias-free "
+    "MLP 64-16-16-10 on digits with initial weights ×α: Tr(H_d)/‖H_d‖_F and the positive fraction on random "
+    "subspaces (Goldilocks zone), and training confined to random hyperplanes.",
+    run=run_fortganguli,
+    papers="Fort & Ganguli 2019; Gur-Ari, Roberts & Dyer 2018; Fort & Scherlis 2018",
+)
