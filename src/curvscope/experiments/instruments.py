@@ -52,8 +52,8 @@ def eigenpairs(
     return run.step(name, compute)
 
 
-def exact_spectrum(run: RunDir, name: str, op: Any) -> dict[str, Any]:
-    """All eigenvalues (and eigenvectors) of a small operator by a dense eigendecomposition."""
+def exact_spectrum(run: RunDir, name: str, op: Any, keep_vectors: bool = False) -> dict[str, Any]:
+    """All eigenvalues (and, if asked, eigenvectors: ``D²`` numbers) of a small operator, densely."""
 
     def compute() -> dict[str, Any]:
         D = op.shape[0]
@@ -61,6 +61,8 @@ def exact_spectrum(run: RunDir, name: str, op: Any) -> dict[str, Any]:
             raise MemoryError(f"exact spectrum refused for D={D} > {EXACT_MAX_DIM}: use eigenpairs()/density()")
         A = op.to_dense().double().cpu()
         A = (A + A.T) / 2
+        if not keep_vectors:
+            return {"eigenvalues": torch.linalg.eigvalsh(A).flip(0), "dim": D}
         lam, Q = torch.linalg.eigh(A)
         return {"eigenvalues": lam.flip(0), "eigenvectors": Q.flip(1), "dim": D}
 
