@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from curvscope import GGN, ClassStructure, Hessian
+from curvscope import GGN, ClassStructure, Hessian, eigsh, sketched_eigh, spectral_density
 
 
 def make_problem():
@@ -25,4 +25,10 @@ def compute(model, loss_fn, batches) -> dict:
     out = {"hv": H @ V, "gv": GGN(model, loss_fn, batches) @ V, "grad": H.gradient(), "n": H.num_samples}
     cs = ClassStructure(model, loss_fn, batches)
     out["class_v"] = cs.class_term @ V
+    top = eigsh(H, k=4, which="LA", tol=1e-10, seed=0)
+    out["eig"] = top.eigenvalues
+    dens = spectral_density(H, "slq", num_probes=3, num_steps=12, seed=0)
+    out["slq_nodes"], out["slq_weights"] = dens.nodes, dens.weights
+    sk = sketched_eigh(H, k=6, num_matvecs=40, seed=0, error_probes=4)
+    out["sketch"] = sk.eigenvalues
     return out
