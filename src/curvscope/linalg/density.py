@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from curvscope.io import load_tensors, save_tensors
+from curvscope.linalg.checkpoint import jsonable, load_state, save_state
 from curvscope.linalg.eigsh import make_progress
 from curvscope.linalg.lanczos import check_operator, lanczos
 from curvscope.linalg.sampling import SeedLike, make_generator, probes
@@ -284,13 +285,22 @@ def _unit_probes(kind: str, D: int, P: int, gen: torch.Generator, dtype, device)
     return V / V.norm(dim=0, keepdim=True)
 
 
-def _slq(A, D, dtype, device, num_probes, num_steps, gen, probe, block_size, storage, bar):
+def _slq(A, D, dtype, device, num_probes, num_steps, gen, probe, block_size, storage, bar, checkpoint=None):
     V = _unit_probes(probe, D, num_probes, gen, dtype, device)
     m = min(num_steps, D)
     nodes, weights, resid = (torch.zeros(num_probes, m, dtype=F64) for _ in range(3))
     matvecs, status, msgs = 0, "completed", []
     bs = num_probes if block_size is None else max(1, int(block_size))
-    for s in range(0, num_probes, bs):
+    config = {"D": D, "num_probes": num_probes, "num_steps": m, "probe": probe, "block_size": bs,
+              "dtype": jsonable(dtype)}  # fmt: skip
+    start = 0
+    state = load_state(checkpoint, config, gen)  # finished probe blocks are never recomputed
+    if state is not None:
+        tensors, values = state
+        start, matvecs = int(values["done"]), int(values["matvecs"])
+        nodes[:start], weights[:start], resid[:start] = tensors["nodes"], tensors["weights"], tensors["resid"]
+        bar.update(matvecs)
+    for s in range(start, num_probes, bs):
         base = matvecs
         res = lanczos(
             A, m, V[:, s : s + bs], seed=gen, storage=storage, breakdown="stop", keep_basis=False,
@@ -308,6 +318,10 @@ def _slq(A, D, dtype, device, num_probes, num_steps, gen, probe, block_size, sto
             break
         if res.status == "invariant_subspace":
             msgs.append(res.message)
+        if checkpoint is not None:
+            done = min(s + bs, num_probes)
+            save_state(checkpoint, config, gen, {"nodes": nodes[:done], "weights": weights[:done],
+                       "resid": resid[:done]}, {"done": done, "matvecs": matvecs})  # fmt: skip
     valid = weights > 0
     lo, hi = float(nodes[valid].min()), float(nodes[valid].max())
     msg = "; ".join(msgs) or f"{nodes.shape[0]} probes x {m} Lanczos steps"
@@ -373,6 +387,7 @@ def spectral_density(
     margin: float = 0.05,
     range_steps: int = 30,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> Density:
     """Estimate the spectral density of a symmetric operator.
 
@@ -392,6 +407,9 @@ def spectral_density(
         margin: relative KPM margin.
         range_steps: Lanczos steps for the KPM range.
         progress: show a progress bar (default: only on a terminal).
+        checkpoint: SLQ only: a file where finished probe blocks are saved (atomically) after
+            each block; a killed run called again with the same file skips them and gives the
+            result of an uninterrupted run. Use ``block_size`` to set the granularity.
 
     Returns:
         A :class:`Density`.
@@ -417,7 +435,7 @@ def spectral_density(
     bar = make_progress(total, progress, f"{method} density")
     try:
         if method == "slq":
-            out = _slq(A, D, dtype, device, num_probes, num_steps, gen, probe, block_size, storage, bar)
+            out = _slq(A, D, dtype, device, num_probes, num_steps, gen, probe, block_size, storage, bar, checkpoint)
         else:
             out = _kpm(A, D, dtype, device, num_probes, num_steps, gen, probe, spectral_range, margin, range_steps, bar)
     finally:

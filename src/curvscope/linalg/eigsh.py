@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from curvscope.io import load_tensors, save_tensors
+from curvscope.linalg.checkpoint import jsonable, load_state, save_state
 from curvscope.linalg.lanczos import check_operator, default_breakdown_tol, orthogonalize
 from curvscope.linalg.sampling import SeedLike, gaussian, make_generator
 from curvscope.linalg.storage import StorageFactory, make_storage
@@ -212,6 +213,7 @@ def eigsh(
     storage: str | StorageFactory = "device",
     residuals: str = "true",
     progress: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> EigshResult:
     """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos.
 
@@ -232,6 +234,10 @@ def eigsh(
             ``"verified"`` (Lanczos estimates plus the relation defect measured with 2
             products) or ``"ritz"`` (the Lanczos estimates ``β|s_m|``; no extra products).
         progress: show a progress bar (default: only on a terminal).
+        checkpoint: a file where the state is saved (atomically) at every thick restart: the
+            kept basis, the projected matrix, the counters and the random-generator state. A
+            killed run called again with the same file continues from the last restart and
+            returns what an uninterrupted run returns; products already done are not redone.
 
     Returns:
         An :class:`EigshResult`; on Ctrl-C the pairs found so far, ``status="interrupted"``.
@@ -274,13 +280,26 @@ def eigsh(
     if float(q.norm()) == 0:
         raise ValueError("the start vector is zero (or inside the deflated space): pass another v0 or seed")
     store = make_storage(storage, D, ncv + 1, 1, dtype, device)
-    store.append(q / q.norm())
     H = torch.zeros(ncv, ncv, dtype=torch.float64)
     n, beta_last, matvecs, restarts, anorm, scale = 0, 0.0, 0, 0, 0.0, 0.0
     exhausted, interrupted = False, False
     theta = S = est = None
     check_every, last_check = max(1, ncv // 10), 0
+    config = {"D": D, "k": k, "which": which, "ncv": ncv, "tol": tol, "dtype": jsonable(dtype),
+              "deflate": 0 if Qd is None else Qd.shape[1]}  # fmt: skip
+    state = load_state(checkpoint, config, gen)
+    if state is None:
+        store.append(q / q.norm())
+    else:  # continue from the last thick restart: same basis, same counters, same random stream
+        tensors, values = state
+        for j in range(tensors["basis"].shape[1]):
+            store.append(tensors["basis"][:, j : j + 1].to(dtype=dtype, device=device))
+        n = int(values["n"])
+        H[:n, :n] = tensors["H"]
+        beta_last, matvecs, restarts = float(values["beta_last"]), int(values["matvecs"]), int(values["restarts"])
+        anorm, scale, last_check = float(values["anorm"]), float(values["scale"]), int(values["last_check"])
     bar = make_progress(budget, progress, f"eigsh {which} k={k}")
+    bar.update(matvecs)  # a resumed run starts at the products already done
 
     def rayleigh_ritz():
         th, Sv = torch.linalg.eigh(H[:n, :n])
@@ -333,6 +352,11 @@ def eigsh(
                 H.zero_()
                 H[:keep, :keep] = torch.diag(theta[order[:keep]])
                 n, restarts, last_check = keep, restarts + 1, keep
+                if checkpoint is not None:
+                    basis = torch.cat([store.column(j) for j in range(n + 1)], dim=1)
+                    values = {"n": n, "beta_last": beta_last, "matvecs": matvecs, "restarts": restarts,
+                              "anorm": anorm, "scale": scale, "last_check": last_check}  # fmt: skip
+                    save_state(checkpoint, config, gen, {"basis": basis, "H": H[:n, :n].clone()}, values)
     except KeyboardInterrupt:
         interrupted = True
         store.truncate(n + 1)
