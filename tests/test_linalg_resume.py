@@ -99,3 +99,13 @@ def test_a_foreign_checkpoint_is_refused(tmp_path):
     spectral_density(SlowCounting(problem()), num_probes=2, num_steps=5, block_size=1, seed=0, checkpoint=path)
     with pytest.raises(ValueError, match="was written for"):
         spectral_density(SlowCounting(problem()), num_probes=3, num_steps=5, block_size=1, seed=0, checkpoint=path)
+
+
+def test_eigsh_refuses_a_basis_that_cannot_fit(monkeypatch):
+    import pytest
+
+    import curvscope.memory as memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 1000)
+    with pytest.raises(MemoryError, match=r"the eigsh basis \(15 vectors of D=200.*try: storage='disk'"):
+        eigsh(SlowCounting(problem()), k=6, ncv=14)

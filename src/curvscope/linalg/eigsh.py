@@ -44,6 +44,7 @@ from curvscope.linalg.checkpoint import jsonable, load_state, save_state
 from curvscope.linalg.lanczos import check_operator, default_breakdown_tol, orthogonalize
 from curvscope.linalg.sampling import SeedLike, gaussian, make_generator
 from curvscope.linalg.storage import StorageFactory, make_storage
+from curvscope.memory import check_budget, vectors_bytes
 
 WHICH = ("LA", "SA", "LM", "BE")
 
@@ -279,6 +280,11 @@ def eigsh(
         q = q - Qd @ (Qd.T @ q)
     if float(q.norm()) == 0:
         raise ValueError("the start vector is zero (or inside the deflated space): pass another v0 or seed")
+    if storage in ("device", "host"):  # memory guard: refuse before allocating a basis that cannot fit
+        where = device if storage == "device" else torch.device("cpu")
+        check_budget(vectors_bytes(D, ncv + 1, dtype), f"the eigsh basis ({ncv + 1} vectors of D={D}, {dtype})",
+                     ["storage='disk'", "storage='host'" if where.type == "cuda" else "a smaller k or ncv"],
+                     where)  # fmt: skip
     store = make_storage(storage, D, ncv + 1, 1, dtype, device)
     H = torch.zeros(ncv, ncv, dtype=torch.float64)
     n, beta_last, matvecs, restarts, anorm, scale = 0, 0.0, 0, 0, 0.0, 0.0
