@@ -35,8 +35,8 @@ hyperplane training for d ∈ {16, 64, 256}, α ∈ {0.2, 1, 4, 32}, SGD and Ada
 32 mini-batches, 500 samples for the logit gradients, 18 values of α with 8 subspaces of
 dimension 400, hyperplane training for 9 dimensions × 9 scales × 2 optimizers, 20 epochs.
 
-Flushes denormals (``torch.set_flush_denormal(True)``, a process-wide flag): late-training
-Hessian products run several times slower without it (SCIENCE.md §2, practical notes).
+Denormals are flushed by ``run_experiment`` (a process-wide choice made by the application):
+late-training Hessian products run several times slower without it (SCIENCE.md §2).
 """
 
 from __future__ import annotations
@@ -436,7 +436,6 @@ def _figures(run: RunDir, s: Settings, dyn: dict, D: int) -> None:
 def run_fortganguli(run: RunDir, ctx: Context) -> None:
     """Logit-gradient clustering, confinement, persistence, λ_max, Goldilocks zone, hyperplane training."""
     s = QUICK if ctx.quick else FULL
-    torch.set_flush_denormal(True)
     dyn = {tag: _gmm_run(run, ctx, s, tag) for tag in RUNS}
     D = int(dyn["overlap"]["num_params"])
     run.metric("num_parameters_gmm", D)

@@ -73,6 +73,8 @@ class Figure:
     z: Any = None
     xticklabels: list[str] | None = None
     yticklabels: list[str] | None = None
+    #: log-y floor relative to the highest curve (default 1e-7; Gaussian tails reach 1e-300).
+    ymin_ratio: float | None = None
 
     def as_dict(self) -> dict:
         """JSON-ready dict without empty fields."""

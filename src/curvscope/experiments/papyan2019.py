@@ -1,0 +1,454 @@
+"""Papyan (2019, 2020): the class structure of the Gauss–Newton term, through training and vs. sample size.
+
+What the papers claim (SCIENCE.md §1, §2 claim 4). For cross-entropy ``H = G + H_res`` and the
+Gauss–Newton term is a second moment of the vectors ``δ_{i,c'} = J_iᵀ(e_{c'} − p_i)``; grouping
+them by true class ``c`` and hypothetical class ``c'`` splits ``G`` exactly into a class term
+(``C`` outliers), a cross-class term (``C(C−1)`` "mini-outliers") and a within-class term (the
+bulk). Papyan's p-weighted split ``G = G_B + G_W`` has ``rank G_B = C(C−1)``. The top eigenspace
+of ``H`` is (nearly) the span of the class / cross-class gradient means, so it can be found
+without an eigensolver, and the outliers of ``H`` are those of ``G``.
+
+What is measured here, for two training-set sizes at the same SGD steps (snapshots at 0, 1, 2
+and 5 epochs of the larger set):
+
+- SLQ densities of ``H``, ``G``, ``H_res`` and of the terms of :class:`~curvscope.operators.ClassStructure`
+  (``class_term``, ``cross_term``, ``within_term``; ``papyan_between``/``papyan_within`` at the end);
+- the identities, from per-sample vectors on a class-balanced subset
+  (:func:`~curvscope.operators.dense.dense_class_structure`, built from definitions, not by
+  subtraction) against the matrix-free operators, on random vectors, and the PSD-ness of the
+  within-class terms (quick: 100 samples, the parameters of the last two layers, ``D = 1386``:
+  the identities hold for any parameter subset, and the dense terms at ``D = 2378`` take ~15 s);
+- ``rank G_B`` from the singular values of its low-rank factor (exact at any ``D``);
+- the overlap of the top-``(C−1)`` eigenspace of ``H`` (``eigsh``, certified) with the span of the
+  ``C²`` cross-class means, and the agreement of the top-``(C−1)`` eigenvalues of ``H`` and ``G``.
+
+Setup (quick): Gaussian mixture ``C = 10``, ``d = 30``, spread ``s = 0.4`` (overlapping classes:
+at ``N = 2000`` the final loss is 0.7–0.9, so the class structure does not collapse), ``N = 2000``
+(the reference GMM) and a nested class-balanced subset of ``N = 500`` (the same steps are epochs
+0, 4, 8, 20 of it); MLP 30-32-32-10 ReLU (``D = 2378``), float64; SGD lr 0.05, momentum 0.9,
+batch 64, 160 steps; SLQ with 4 probes × 40 Lanczos steps. Full: LeNet on Fashion-MNIST (``D = 107,786``),
+``N = 60000`` and ``6000``, 20 epochs; the identity check is restricted to the last layer.
+
+References:
+    V. Papyan, "Measurements of three-level hierarchical structure in the outliers in the spectrum
+    of deepnet Hessians", ICML 2019. V. Papyan, "The full spectrum of deepnet Hessians at scale:
+    dynamics with SGD training and sample size", arXiv:1811.07062 (2019). V. Papyan, "Traces of
+    class/cross-class structure pervade deep learning spectra", JMLR 2020.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+from torch import nn
+
+from curvscope.data import balanced_subset, batches, load_dataset
+from curvscope.experiments import instruments as ins
+from curvscope.experiments.registry import Context, Recipe
+from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
+from curvscope.linalg import eigsh
+from curvscope.metrics import subspace_overlap
+from curvscope.models import build_model
+from curvscope.operators import ClassStructure, Hessian, Residual
+from curvscope.operators.dense import dense_class_structure
+from curvscope.train import TrainConfig, steps_per_epoch, train
+
+SOURCE = "Papyan 2019/2020; SCIENCE.md §2.4"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One scale of the experiment (see the module docstring)."""
+
+    dataset: str
+    data_kwargs: dict
+    sizes: tuple[int, ...]  # training-set sizes; the first one defines the epochs
+    model: str
+    model_kwargs: dict
+    batch_size: int
+    lr: float
+    snapshot_epochs: tuple[int, ...]
+    dtype: torch.dtype
+    curvature_batch: int | None  # samples per batch of the curvature operators (None: all)
+    eval_batch_size: int | None  # batch of the trainer's snapshot metrics (None: all at once)
+    num_probes: int
+    num_steps: int
+    identity_samples: int
+    identity_params: tuple[str, ...] | None = None  # restrict the dense identity check (large D)
+    rank_rtol: float = 1e-8  # numerical rank: singular values above rank_rtol · σ_max (float64 gap ~1e-2 → 1e-16)
+    all_densities_for: tuple[int, ...] = (0,)  # indices of `sizes` with densities at every snapshot
+
+
+QUICK = Settings(
+    dataset="gmm",
+    data_kwargs={"num_classes": 10, "dim": 30, "num_samples": 2000, "spread": 0.4},
+    sizes=(2000, 500),
+    model="mlp",
+    model_kwargs={"in_features": 30, "widths": (32, 32), "num_classes": 10},
+    batch_size=64,
+    lr=0.05,
+    snapshot_epochs=(0, 1, 2, 5),
+    dtype=torch.float64,
+    curvature_batch=None,
+    eval_batch_size=None,
+    num_probes=4,
+    num_steps=40,
+    identity_samples=100,
+    identity_params=("layers.2.*", "layers.4.*"),  # D = 1386: the dense terms at D = 2378 take ~15 s
+)
+
+FULL = Settings(
+    dataset="fashion-mnist",
+    data_kwargs={"split": "train"},
+    sizes=(60000, 6000),
+    model="lenet",
+    model_kwargs={"in_channels": 1, "image_size": 28, "num_classes": 10},
+    batch_size=128,
+    lr=0.05,
+    snapshot_epochs=(0, 1, 2, 5, 20),
+    dtype=torch.float32,
+    curvature_batch=2000,
+    eval_batch_size=5000,
+    num_probes=10,
+    num_steps=90,
+    identity_samples=200,
+    identity_params=("classifier.4.*",),
+    rank_rtol=1e-5,  # the factors are float32
+)
+
+
+def _deep(fig: Figure) -> Figure:
+    """A density figure whose log axis reaches 9 decades below the highest peak (low-rank terms spike at 0)."""
+    return dataclasses.replace(fig, ymin_ratio=1e-9)
+
+
+def _settings(ctx: Context) -> Settings:
+    return QUICK if ctx.quick else FULL
+
+
+class _Ops:
+    """Curvature operators of one snapshot, built on first use (a resumed run builds none)."""
+
+    def __init__(self, model: nn.Module, data: Any, cfg: Settings, device: torch.device) -> None:
+        self.args = (model, nn.CrossEntropyLoss(), batches(data, cfg.curvature_batch))
+        self.kw = {"dtype": cfg.dtype, "device": device}
+
+    @cached_property
+    def H(self):
+        return Hessian(*self.args, **self.kw)
+
+    @cached_property
+    def G(self):
+        return self.cs.ggn
+
+    @cached_property
+    def Hres(self):
+        return Residual(*self.args, **self.kw)
+
+    @cached_property
+    def cs(self):
+        return ClassStructure(*self.args, **self.kw)
+
+    def get(self, name: str):
+        cs_terms = {"class": "class_term", "cross": "cross_term", "within": "within_term",
+                    "G_B": "papyan_between", "G_W": "papyan_within"}  # fmt: skip
+        return getattr(self.cs, cs_terms[name]) if name in cs_terms else getattr(self, name)
+
+
+def _eigenvalues(op) -> torch.Tensor:
+    """Eigenvalues of a low-rank term ``U diag(w) Uᵀ`` from the singular values of ``U √w`` (exact)."""
+    return torch.linalg.svdvals(op.factor.double() * op.weights.double().clamp(min=0).sqrt()).cpu() ** 2
+
+
+def _train(run: RunDir, cfg: Settings, data, n: int, steps: list[int], ctx: Context, device) -> dict:
+    def fit():
+        model = build_model(cfg.model, seed=ctx.seed, dtype=cfg.dtype, **cfg.model_kwargs).to(device)
+        tc = TrainConfig(lr=cfg.lr, momentum=0.9, batch_size=cfg.batch_size, steps=max(steps), seed=ctx.seed,
+                         snapshot_steps=tuple(steps), eval_batch_size=cfg.eval_batch_size)  # fmt: skip
+        hist = train(model, data, tc, progress=ctx.progress)
+        out: dict[str, Any] = {"loss": [], "accuracy": []}
+        for s in steps:
+            snap = hist.snapshot(s)
+            out["loss"].append(snap.metrics["loss"])
+            out["accuracy"].append(snap.metrics["accuracy"])
+            out.update({f"s{s}/{k}": v.cpu() for k, v in snap.load_state().items()})
+        return out
+
+    return run.step(f"train_N{n}", fit)
+
+
+def _measure(run: RunDir, name: str, ops: _Ops, C: int, seed: int, rtol: float) -> dict:
+    """Top-(C−1) eigenpairs of H and G, overlaps with the class-mean spans, spectra of the low-rank terms."""
+
+    def compute():
+        cs = ops.cs
+        eh = eigsh(ops.H, k=C - 1, seed=seed)
+        eg = eigsh(ops.G, k=C - 1, seed=seed)
+        V = eh.eigenvectors.double()
+        D = V.shape[0]
+        gb, cross, cls = (_eigenvalues(cs.papyan_between), _eigenvalues(cs.cross_term), _eigenvalues(cs.class_term))
+        rank = {
+            k: int((v.sqrt() > rtol * v[0].sqrt()).sum()) for k, v in (("G_B", gb), ("cross", cross), ("class", cls))
+        }
+        return {
+            "eig_H": eh.eigenvalues.double().cpu(),
+            "eig_G": eg.eigenvalues.double().cpu(),
+            "res_H": eh.residuals.double().cpu(),
+            "eig_G_B": gb,
+            "eig_cross": cross,
+            "eig_class": cls,
+            "rank_G_B": rank["G_B"],
+            "rank_cross": rank["cross"],
+            "rank_class": rank["class"],
+            "overlap_cross_means": subspace_overlap(V, cs.cross_class_means.reshape(D, -1).double()),
+            "overlap_class_means": subspace_overlap(V, cs.class_means.double()),
+            "overlap_papyan_means": subspace_overlap(V, cs.papyan_means.reshape(D, -1).double()),
+            "overlap_top_G": subspace_overlap(V, eg.eigenvectors.double()),
+            "rel_diff_HG": ((eh.eigenvalues - eg.eigenvalues).abs() / eh.eigenvalues.abs()).max().item(),
+            "converged": bool(eh.converged.all() and eg.converged.all()),
+        }
+
+    return run.step(name, compute)
+
+
+def _identities(run: RunDir, model: nn.Module, data, cfg: Settings, ctx: Context, device) -> dict:
+    """Dense class-structure terms from per-sample vectors vs the matrix-free operators (float64)."""
+
+    def compute():
+        sub = balanced_subset(data, cfg.identity_samples, seed=ctx.seed)
+        parts, lf = batches(sub), nn.CrossEntropyLoss()
+        kw = {"params": list(cfg.identity_params) if cfg.identity_params else None, "dtype": torch.float64,
+              "device": device}  # fmt: skip
+        dense = dense_class_structure(model, lf, parts, **kw)
+        cs = ClassStructure(model, lf, parts, **kw)
+        D = dense["ggn"].shape[0]
+        V = torch.randn(D, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(ctx.seed)).to(device)
+
+        def rel(a, b):
+            return ((a - b).norm() / b.norm()).item()
+
+        GV = dense["ggn"] @ V
+        errors = {
+            "dense class + cross + within = G": rel((dense["class"] + dense["cross"] + dense["within"]) @ V, GV),
+            "operator G = dense G": rel(cs.ggn @ V, GV),
+            "operator class term": rel(cs.class_term @ V, dense["class"] @ V),
+            "operator cross term": rel(cs.cross_term @ V, dense["cross"] @ V),
+            "operator within term": rel(cs.within_term @ V, dense["within"] @ V),
+            "operator G_B": rel(cs.papyan_between @ V, dense["papyan_between"] @ V),
+            "operator G_B + G_W = G": rel(cs.papyan_between @ V + cs.papyan_within @ V, GV),
+        }
+        lam_max = torch.linalg.eigvalsh(dense["ggn"])[-1].item()
+        lam_min = {t: torch.linalg.eigvalsh(dense[t])[0].item() / lam_max for t in ("within", "papyan_within")}
+        return {"errors": errors, "max_error": max(errors.values()), "min_eig_rel": lam_min, "dim": D,
+                "samples": len(sub)}  # fmt: skip
+
+    return run.step("identities", compute)
+
+
+def run_papyan(run: RunDir, ctx: Context) -> None:
+    """Train at two sample sizes, then measure G's class structure at each snapshot (see the module doc)."""
+    cfg, device = _settings(ctx), ctx.device
+    full = load_dataset(cfg.dataset, dtype=cfg.dtype, **({"seed": ctx.seed} if cfg.dataset == "gmm" else {}),
+                        **cfg.data_kwargs)  # fmt: skip
+    C = full.num_classes
+    spe = steps_per_epoch(cfg.sizes[0], TrainConfig(epochs=1, batch_size=cfg.batch_size))
+    steps = [e * spe for e in cfg.snapshot_epochs]
+    run.metric("setup", f"{full.name}, sizes {list(cfg.sizes)}, {cfg.model} {cfg.model_kwargs}, SGD lr {cfg.lr} "
+               f"momentum 0.9 batch {cfg.batch_size}, snapshots at steps {steps} (epochs {list(cfg.snapshot_epochs)} "
+               f"of N={cfg.sizes[0]}); SLQ {cfg.num_probes} probes x {cfg.num_steps} Lanczos steps")  # fmt: skip
+    results: dict[int, list[dict]] = {}
+    density_steps: dict[tuple[int, int], dict[str, str]] = {}
+    for si, n in enumerate(cfg.sizes):
+        data = full if n == len(full) else balanced_subset(full, n, seed=ctx.seed)
+        fitted = _train(run, cfg, data, n, steps, ctx, device)
+        run.metric(f"train_loss_N{n}", [round(x, 4) for x in fitted["loss"]])
+        model = build_model(cfg.model, seed=ctx.seed, dtype=cfg.dtype, **cfg.model_kwargs).to(device)
+        results[n] = []
+        for s in steps:
+            model.load_state_dict({k: fitted[f"s{s}/{k}"].to(device) for k in model.state_dict()})
+            ops = _Ops(model, data, cfg, device)
+            results[n].append(_measure(run, f"measure_N{n}_s{s}", ops, C, ctx.seed, cfg.rank_rtol))
+            final = s == steps[-1]
+            if si in cfg.all_densities_for or final:
+                names = ["H", "G", "Hres", "class", "cross", "within"] + (["G_B", "G_W"] if final else [])
+                density_steps[(n, s)] = {}
+                for name in names:
+                    step = f"density_N{n}_s{s}_{name}"
+                    ins.density(run, step, ops.get(name), num_probes=cfg.num_probes, num_steps=cfg.num_steps,
+                                seed=ctx.seed, progress=ctx.progress)  # fmt: skip
+                    density_steps[(n, s)][name] = step
+            if si == 0 and final:
+                ident = _identities(run, model, data, cfg, ctx, device)
+    _claims(run, cfg, results, ident, steps, spe, C)
+    _figures(run, cfg, results, density_steps, steps, spe, C)
+
+
+def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C) -> None:
+    sizes = ", ".join(f"N={n}" for n in cfg.sizes)
+    run.claim(Claim(
+        "decomposition_identities",
+        "G = G_class + G_cross + G_within and G = G_B + G_W to round-off: terms built from per-sample vectors "
+        f"(dense, {ident['samples']} samples, D={ident['dim']}) vs the matrix-free operators, on 4 random vectors",
+        f"max relative error {ident['max_error']:.1e}",
+        "≤ 1e-10 (float64)",
+        ident["max_error"] <= 1e-10,
+        SOURCE,
+    ))  # fmt: skip
+    worst = min(ident["min_eig_rel"].values())
+    run.claim(Claim(
+        "within_terms_psd",
+        "G_within and Papyan's G_W are positive semidefinite (smallest eigenvalue / λ_max(G))",
+        {k: f"{v:.1e}" for k, v in ident["min_eig_rel"].items()},
+        "≥ −1e-10",
+        worst >= -1e-10,
+        SOURCE,
+    ))  # fmt: skip
+    ranks = {f"N={n}, step {s}": r["rank_G_B"] for n in cfg.sizes for s, r in zip(steps, results[n])}
+    run.claim(Claim(
+        "rank_G_B",
+        f"rank G_B = C(C−1) = {C * (C - 1)} at every snapshot ({sizes}); singular values of its factor",
+        sorted(set(ranks.values())),
+        f"== {C * (C - 1)} (σ > {cfg.rank_rtol:g}·σ_max)",
+        all(r == C * (C - 1) for r in ranks.values()),
+        SOURCE,
+    ))  # fmt: skip
+    late = [(n, s, r) for n in cfg.sizes for s, r in zip(steps, results[n]) if s >= 2 * spe]
+    ov = {f"N={n}, step {s}": round(r["overlap_cross_means"], 4) for n, s, r in late}
+    run.claim(Claim(
+        "top_space_in_cross_class_span",
+        f"after ≥ 2 epochs the top-{C - 1} eigenspace of H lies in the span of the C² cross-class means",
+        ov or "no snapshot after 2 epochs",
+        "overlap ≥ 0.9 at every snapshot with step ≥ 2 epochs of N=" + str(cfg.sizes[0]),
+        min(ov.values()) >= 0.9 if ov else None,
+        SOURCE,
+    ))  # fmt: skip
+    after = [(n, s, r) for n in cfg.sizes for s, r in zip(steps, results[n]) if s >= spe]
+    hg = {f"N={n}, step {s}": round(r["rel_diff_HG"], 4) for n, s, r in after}
+    run.claim(Claim(
+        "top_eigenvalues_H_equal_G",
+        f"after the first epoch the top-{C - 1} eigenvalues of H and G agree (the outliers come from G)",
+        hg or "no snapshot after 1 epoch",
+        f"max_i |λ_i(H) − λ_i(G)| / λ_i(H) ≤ 0.10 over the top {C - 1}, at every snapshot with step ≥ 1 epoch",
+        max(hg.values()) <= 0.10 if hg else None,
+        SOURCE,
+    ))  # fmt: skip
+    n0, last = cfg.sizes[0], results[cfg.sizes[0]][-1]
+    mini = last["eig_cross"][: C * (C - 1)]
+    run.claim(Claim(
+        "mini_outliers",
+        "C(C−1) mini-outliers from the cross-class term: a plot (figure 'hierarchy'), not a test",
+        f"N={n0}, final: cross-term eigenvalues {mini[0]:.3g} … {mini[-1]:.3g}; top-{C - 1} of G "
+        f"{last['eig_G'][0]:.3g} … {last['eig_G'][-1]:.3g}",
+        "reported, not asserted (visible only sometimes)",
+        None,
+        SOURCE,
+    ))  # fmt: skip
+    for n in cfg.sizes:
+        run.metric(f"overlap_class_means_N{n}", [round(r["overlap_class_means"], 3) for r in results[n]])
+        run.metric(f"overlap_papyan_means_N{n}", [round(r["overlap_papyan_means"], 3) for r in results[n]])
+        run.metric(f"lambda_max_H_N{n}", [round(r["eig_H"][0].item(), 4) for r in results[n]])
+    run.metric("identity_errors", {k: f"{v:.1e}" for k, v in ident["errors"].items()})
+
+
+def _label(s: int, spe: int) -> str:
+    return f"step {s} (epoch {s / spe:g})"
+
+
+def _figures(run: RunDir, cfg: Settings, results, density_steps, steps, spe, C) -> None:
+    n0 = cfg.sizes[0]
+    term_labels = {"G": "G", "Hres": "H_res", "class": "G_class", "cross": "G_cross", "within": "G_within"}
+    for (n, s), by_name in density_steps.items():
+        epochs = s / steps_per_epoch(n, TrainConfig(epochs=1, batch_size=cfg.batch_size))
+        run.figure(_deep(ins.density_figure(
+            f"terms_N{n}_step{s}",
+            f"N={n}, step {s} (epoch {epochs:g}): G, H_res and the class-structure terms",
+            {term_labels[k]: by_name[k] for k in term_labels},
+            caption=f"SLQ densities (log scale) at N={n}, step {s}. G_class (rank ≤ C) and G_cross (rank ≤ C(C−1)) "
+            "carry the outliers, G_within the bulk; H_res carries the negative eigenvalues.",
+        )))  # fmt: skip
+    run.figure(ins.density_figure(
+        "H_over_training",
+        f"Hessian density over training, N={n0}",
+        {_label(s, spe): density_steps[(n0, s)]["H"] for s in steps},
+        caption="SLQ densities of H (log scale) at each snapshot: the outliers leave the bulk as training proceeds.",
+    ))  # fmt: skip
+    final = steps[-1]
+    both = {f"{term} N={n}": density_steps[(n, final)][key] for n in cfg.sizes for key, term in
+            (("G", "G"), ("within", "G_within"), ("Hres", "H_res"))}  # fmt: skip
+    run.figure(ins.density_figure(
+        "sample_size",
+        f"sample size at step {final}: G, G_within and H_res for N = {' and '.join(map(str, cfg.sizes))}",
+        both,
+        caption="Same SGD steps on nested class-balanced training sets (the smaller one sees more epochs). Papyan: "
+        "the outliers come from the class / cross-class means, the bulk from the within-class scatter.",
+    ))  # fmt: skip
+    run.figure(ins.density_figure(
+        "papyan_split",
+        f"Papyan's split G = G_B + G_W at step {final}, N={n0}",
+        {"G": density_steps[(n0, final)]["G"], "G_B": density_steps[(n0, final)]["G_B"],
+         "G_W": density_steps[(n0, final)]["G_W"]},
+        caption=f"G_B (p-weighted cross-class means, rank C(C−1) = {C * (C - 1)}) holds the outliers; G_W the bulk.",
+    ))  # fmt: skip
+    last = f"measure_N{n0}_s{final}"
+    run.figure(Figure(
+        "hierarchy",
+        f"three-level hierarchy at step {final}, N={n0}: eigenvalues by rank",
+        "rank", "eigenvalue (log scale)", logy=True, ymin_ratio=1e-4,
+        series=[{"label": "top-(C−1) of H (eigsh)", "y": array_ref(last, "eig_H"), "style": "scatter"},
+                {"label": "G_class (exact, rank ≤ C)", "y": array_ref(last, "eig_class"), "style": "scatter"},
+                {"label": "G_cross (exact, rank ≤ C(C−1))", "y": array_ref(last, "eig_cross"), "style": "scatter"},
+                {"label": "G_B (exact)", "y": array_ref(last, "eig_G_B"), "style": "scatter", "size": 5}],
+        vlines=[{"x": C - 1, "label": "C − 1"}, {"x": C * (C - 1), "color": "red", "label": "C(C−1)"}],
+        caption="Eigenvalues of the low-rank terms from their factors: C−1 outliers, then C(C−1) mini-outliers from "
+        "the cross-class term, then zero (round-off).",
+    ))  # fmt: skip
+    run.figure(Figure(
+        "rank_G_B",
+        f"singular values of the G_B factor over training, N={n0}",
+        "rank", "singular value / largest (log scale)", logy=True, ymin_ratio=1e-18,
+        series=[{"label": _label(s, spe), "y": (r["eig_G_B"] / r["eig_G_B"][0]).sqrt().tolist(), "marker": "."}
+                for r, s in zip(results[n0], steps)],
+        vlines=[{"x": C * (C - 1), "color": "red", "label": f"C(C−1) = {C * (C - 1)}"}],
+        hlines=[{"y": cfg.rank_rtol, "label": f"rank threshold {cfg.rank_rtol:g}"}],
+        caption="G_B = F Fᵀ with F the p-weighted cross-class means (scaled): its singular values drop to round-off "
+        "after exactly C(C−1) at every snapshot.",
+    ))  # fmt: skip
+    run.figure(Figure(
+        "overlap_over_training",
+        f"top-{C - 1} eigenspace of H vs the span of gradient means",
+        "SGD step", "overlap (mean cos² of principal angles)",
+        series=[s for n in cfg.sizes for s in (
+            {"label": f"C² cross-class means, N={n}", "x": steps, "marker": "o",
+             "y": [r["overlap_cross_means"] for r in results[n]]},
+            {"label": f"C class means, N={n}", "x": steps, "marker": "x",
+             "y": [r["overlap_class_means"] for r in results[n]]})],
+        hlines=[{"y": 0.9, "label": "claim: 0.9"}],
+        vlines=[{"x": 2 * spe, "label": f"2 epochs of N={n0}"}],
+        caption="Overlap of the top-(C−1) Hessian eigenvectors with the span of the cross-class means z̄_{c,c'} "
+        "(and of the class means z̄_c).",
+    ))  # fmt: skip
+    run.figure(Figure(
+        "H_vs_G",
+        f"top-{C - 1} eigenvalues of H and G: largest relative difference",
+        "SGD step", "max |λ(H) − λ(G)| / λ(H) (log scale)", logy=True, ymin_ratio=0.01,
+        series=[{"label": f"N={n}", "x": steps, "y": [r["rel_diff_HG"] for r in results[n]], "marker": "o"}
+                for n in cfg.sizes],
+        hlines=[{"y": 0.1, "label": "claim: 10%"}],
+        vlines=[{"x": spe, "label": f"1 epoch of N={n0}"}],
+        caption="The outliers of H are those of G once training has started.",
+    ))  # fmt: skip
+
+
+RECIPE = Recipe(
+    name="papyan2019",
+    title="Papyan 2019/2020: class / cross-class structure of the Gauss–Newton term",
+    summary="SLQ densities of H, G, H_res and of G's class, cross-class and within-class terms over training "
+    "and for two training-set sizes; the decomposition identities, rank G_B = C(C−1), the top eigenspace of H "
+    "vs the span of the cross-class gradient means, and the top eigenvalues of H vs G.",
+    run=run_papyan,
+    papers="Papyan 2019 (ICML); Papyan 2019 arXiv:1811.07062; Papyan 2020 (JMLR)",
+)
