@@ -202,8 +202,8 @@ BAD_ARGS = [
     ({"method": "core", "power_iters": 2}, ValueError, "single-pass"),
     ({"method": "subspace", "power_iters": 0}, ValueError, "power_iters >= 1"),
     ({"method": "block_krylov", "power_iters": 2}, ValueError, "no power iterations"),
-    ({"method": "core", "block_size": 8, "memory_budget": 30_000}, MemoryError, "store="),
-    ({"method": "core", "memory_budget": 30_000}, MemoryError, "block_size"),
+    ({"method": "core", "block_size": 4, "memory_budget": 30_000}, MemoryError, "store="),
+    ({"method": "core", "block_size": 64, "memory_budget": 30_000}, MemoryError, "block_size"),
     ({"error_probes": -1}, ValueError, "error_probes"),
 ]
 

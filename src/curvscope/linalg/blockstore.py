@@ -29,8 +29,8 @@ Stathopoulos & Wu 2002; Fukaya et al. 2020): two passes accumulate ``G = YᵀY``
 chunks in float64 and return a small ``M`` with ``Q = Y M`` orthonormal; ``Q`` is never
 stored, it is applied as ``Y (M S)`` when an output is written. Directions of ``Y`` below
 ``rtol · σ_max`` are dropped (rank-revealing), which is exact for rank-deficient sketches.
-Peak working RAM of a pass is ``rows · (n · (itemsize + 8) + out · 8)`` bytes plus the
-``n × n`` float64 matrices, with ``rows`` chosen from ``memory_budget``.
+Peak working RAM of a pass is about ``rows · (n · bytes_per_entry(dtype) + out · 8)`` bytes
+plus the ``n × n`` float64 matrices, with ``rows`` chosen from ``memory_budget``.
 """
 
 from __future__ import annotations
@@ -348,6 +348,11 @@ class ColumnBlocks:
         return self.dim * self.width * torch.empty((), dtype=self.dtype).element_size()
 
 
+def bytes_per_entry(dtype: torch.dtype) -> int:
+    """Working bytes per entry of a row chunk: the read (twice: slices, then the concatenation) and its float64 copy."""
+    return 2 * torch.empty((), dtype=dtype).element_size() + 8
+
+
 def _rows_for(bytes_per_row: int, memory_budget: int | None) -> int:
     budget = DEFAULT_WORKING_BYTES if memory_budget is None else int(memory_budget)
     return max(1, budget // max(1, bytes_per_row))
@@ -381,7 +386,7 @@ def stream(
     fixed_bytes: int = 0,
 ) -> None:
     """Call ``visit(start, stop, Y[start:stop].double())`` over row chunks of ``Y`` within the budget."""
-    per_row = Y.width * (torch.empty((), dtype=Y.dtype).element_size() + 8) + extra_bytes_per_row
+    per_row = Y.width * bytes_per_entry(Y.dtype) + extra_bytes_per_row
     for s, e in row_chunks(Y.dim, per_row, memory_budget, fixed_bytes):
         visit(s, e, Y.rows(s, e).double())
 
@@ -466,7 +471,7 @@ def apply_right(
     dtype = Y.dtype if dtype is None else dtype
     M = M.double()
     per_row, fixed = 8 * M.shape[1], 8 * M.numel()
-    per = Y.width * (torch.empty((), dtype=Y.dtype).element_size() + 8) + per_row
+    per = Y.width * bytes_per_entry(Y.dtype) + per_row
     chunks = ((Y.rows(s, e).double() @ M).to(dtype) for s, e in row_chunks(Y.dim, per, memory_budget, fixed))
     if out is None:
         return torch.cat(list(chunks), dim=0) if M.shape[1] else torch.empty(Y.dim, 0, dtype=dtype)
@@ -475,7 +480,10 @@ def apply_right(
 
 
 def project_out(W: Tensor, Q: ColumnBlocks | Tensor | None) -> tuple[Tensor, Tensor]:
-    """One classical Gram–Schmidt pass: ``(W − Q C, C)`` with ``C = QᵀW`` (blocks streamed from disk).
+    """One Gram–Schmidt pass against an orthonormal ``Q``: ``(W − Q C, C)``.
+
+    A tensor ``Q`` is projected classically (``C = QᵀW``, two matrix products); column blocks
+    (possibly on disk) by block modified Gram–Schmidt, reading every block once.
 
     Example:
         >>> Q = torch.eye(3, 1, dtype=torch.float64)
@@ -484,13 +492,15 @@ def project_out(W: Tensor, Q: ColumnBlocks | Tensor | None) -> tuple[Tensor, Ten
         ([0.0, 1.0, 1.0], 1.0)
     """
     if Q is None or (isinstance(Q, ColumnBlocks) and len(Q) == 0) or (isinstance(Q, Tensor) and Q.shape[1] == 0):
-        return W, torch.empty(0, W.shape[1], dtype=W.dtype)
+        return W, torch.empty(0, W.shape[1], dtype=W.dtype, device=W.device)
     if isinstance(Q, Tensor):
         C = Q.T @ W
         return W - Q @ C, C
-    Cs = [Q.block(j).T @ W for j in range(len(Q))]  # classical: all coefficients from the same W
-    for j, C in enumerate(Cs):
-        W = W - Q.block(j) @ C
+    Cs = []
+    for j in range(len(Q)):
+        Qj = Q.block(j).to(W.device)
+        Cs.append(Qj.T @ W)
+        W = W - Qj @ Cs[-1]
     return W, torch.cat(Cs, dim=0)
 
 

@@ -185,15 +185,29 @@ def _plan(
         )
     if s > D:
         raise ValueError(f"{s} measurements per pass exceed D={D}: use dense eigh (A.to_dense()) for so small an A")
-    b = block_size or min(s, 64) if method != "block_krylov" else b
-    if memory_budget is not None:
-        itemsize = torch.empty((), dtype=A.dtype).element_size()
-        if 2 * D * b * itemsize > memory_budget:
-            raise MemoryError(
-                f"memory_budget={memory_budget / 2**20:.2f} MiB cannot hold 2 blocks of {b} vectors of length {D} "
-                f"({2 * D * b * itemsize / 2**20:.2f} MiB): pass a smaller block_size or a larger budget"
-            )
+    per_column = _bytes_per_column(method, D, A.dtype)
+    fit = s if memory_budget is None else max(1, memory_budget // (2 * per_column))
+    if method != "block_krylov":
+        b = block_size or min(s, 64, fit)
+    elif block_size is None and b > fit:  # a smaller block for the budget; depth grows
+        b = fit
+        s = (n // b) * b
+    if memory_budget is not None and b * per_column > memory_budget:
+        raise MemoryError(
+            f"memory_budget={memory_budget / 2**20:.2f} MiB cannot hold one product block of {b} vectors of "
+            f"length {D} ({b * per_column / 2**20:.2f} MiB): pass a smaller block_size or a larger budget"
+        )
     return _Plan(method, D, k, s, passes, int(b), test_vectors, int(seed), sort, A.dtype, torch.device(A.device))
+
+
+def _bytes_per_column(method: str, D: int, dtype: torch.dtype) -> int:
+    """Working bytes per column of a product block.
+
+    A test block drawn in float64, cast, and its product; block Krylov holds about 8 blocks at
+    once (the product, two Gram–Schmidt passes, QR factors).
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return D * (8 + (8 if method == "block_krylov" else 3) * itemsize)
 
 
 def sketch_measurements(A: Any, k: int, *, store: str, blocks: range | None = None, method: str = "core",
@@ -346,11 +360,12 @@ def sketched_eigh(
     if error_probes < 0 or not 0 < confidence < 1:
         raise ValueError(f"need error_probes >= 0 and 0 < confidence < 1, got {error_probes}, {confidence}")
     itemsize = torch.empty((), dtype=plan.dtype).element_size()
-    sketch_bytes = plan.dim * plan.s * itemsize
+    sketch_bytes = plan.dim * plan.s * itemsize + plan.b * _bytes_per_column(plan.method, plan.dim, plan.dtype)
     if memory_budget is not None and store is None and sketch_bytes > memory_budget:
         raise MemoryError(
-            f"the sketch needs {sketch_bytes / 2**30:.2f} GiB (D={plan.dim} x {plan.s} measurements), more than "
-            f"memory_budget={memory_budget / 2**30:.2f} GiB: pass store=<directory> to keep it on disk"
+            f"the sketch needs {sketch_bytes / 2**30:.2f} GiB (D={plan.dim} x {plan.s} measurements and one "
+            f"product block), more than memory_budget={memory_budget / 2**30:.2f} GiB: pass store=<directory> "
+            f"to keep it on disk"
         )
     store_ = bs.BlockStore(store, plan.dim, plan.dtype, plan.spec()) if store is not None else None
     ooc = store_ is not None and memory_budget is not None and plan.dim * k * itemsize > memory_budget // 2

@@ -120,7 +120,7 @@ def _select(theta: Tensor, k: int, sort: str) -> Tensor:
 
 
 def _iter_rows(sources: list, dim: int, budget: int | None, out_cols: int = 0, fixed: int = 0) -> Iterator:
-    per_row = sum(src.width for src in sources) * 12 + 8 * out_cols
+    per_row = sum(src.width * (8 + bs.bytes_per_entry(src.dtype)) for src in sources) + 8 * out_cols
     for s, e in bs.row_chunks(dim, per_row, budget, fixed):
         yield s, e, [src.rows(s, e).double().cpu() for src in sources]
 
@@ -290,7 +290,7 @@ def _block_krylov(mv, plan: _Plan, store, budget, out_path):
     D, b, n, dt, dev = plan.dim, plan.b, plan.s, plan.dtype, plan.device
     m = n // b
     itemsize = torch.empty((), dtype=dt).element_size()
-    in_core = store is None or budget is None or D * n * itemsize + 4 * D * b * itemsize <= budget
+    in_core = store is None or budget is None or D * n * itemsize + D * b * (8 + 8 * itemsize) <= budget
     buf = torch.empty(D, n, dtype=dt, device=dev) if in_core else None
     blocks = bs.ColumnBlocks(D, dt, store)
     names = bs.block_names("k", m + 1)
