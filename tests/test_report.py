@@ -51,7 +51,7 @@ def make_run(path):
 
 
 def test_steps_resume_without_recomputing(tmp_path):
-    run, out, calls = make_run(tmp_path / "r")
+    _, out, calls = make_run(tmp_path / "r")
     assert calls == [1] and out["note"] == "x"
     again = RunDir(tmp_path / "r", {"experiment": "unit", "scale": "quick", "seed": 0})
     more = []

@@ -15,8 +15,12 @@ from curvscope.io import load_tensors
 
 def start(out: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "curvscope", "demo", "--quiet", "--out", str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "curvscope", "demo", "--quiet", "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def steps_done(out: Path) -> dict:
@@ -36,8 +40,9 @@ def test_demo_killed_and_resumed_equals_uninterrupted(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     before = steps_done(killed)
-    assert "train" in before and "top_H" in before and "finished" not in json.loads(
-        (killed / "results.json").read_text())
+    assert (
+        "train" in before and "top_H" in before and "finished" not in json.loads((killed / "results.json").read_text())
+    )
     mtimes = {p.name: p.stat().st_mtime_ns for p in (killed / "arrays").glob("*.safetensors")}
 
     resumed = start(killed)
@@ -53,9 +58,12 @@ def test_demo_killed_and_resumed_equals_uninterrupted(tmp_path):
     a = json.loads((killed / "results.json").read_text())
     b = json.loads((clean / "results.json").read_text())
     assert [(c["name"], c["measured"], c["passed"]) for c in a["claims"]] == [
-        (c["name"], c["measured"], c["passed"]) for c in b["claims"]]
+        (c["name"], c["measured"], c["passed"]) for c in b["claims"]
+    ]
     for name in ("top_H", "density_H", "density_G"):
-        ta, tb = load_tensors(killed / "arrays" / f"{name}.safetensors")[0], load_tensors(
-            clean / "arrays" / f"{name}.safetensors")[0]
+        ta, tb = (
+            load_tensors(killed / "arrays" / f"{name}.safetensors")[0],
+            load_tensors(clean / "arrays" / f"{name}.safetensors")[0],
+        )
         for key in ta:
             torch.testing.assert_close(ta[key], tb[key], rtol=1e-12, atol=1e-12)
