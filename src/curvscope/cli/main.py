@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 EPILOG_DEMO = """example:
@@ -111,6 +112,7 @@ def _print_claims(results: dict) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from curvscope.distributed import get_rank
     from curvscope.experiments import names, run_experiment
     from curvscope.io import read_json
     from curvscope.report import render
@@ -129,6 +131,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         out = args.out
         if args.name == "all":
             out = Path(args.out or "runs") / f"{name}-{args.scale}-seed{args.seed}"
+        if get_rank() != 0:  # under torchrun every rank computes the same run; only rank 0 keeps it
+            out = tempfile.mkdtemp(prefix=f"curvscope-rank{get_rank()}-")
         print(f"== {name} ({args.scale})", flush=True)
         run = run_experiment(name, args.scale, args.seed, args.device, out, progress=not args.quiet)
         report = render(run.path)
