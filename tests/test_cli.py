@@ -114,6 +114,10 @@ def test_report_and_list_and_errors(tmp_path, checkpoint):
     assert res.returncode == 2 and "valid names: digits" in res.stderr
     res = cli("reproduce", "no-such-paper", cwd=tmp_path)
     assert res.returncode == 2 and "valid names" in res.stderr
+    res = cli("list", cwd=tmp_path)
+    assert res.returncode == 0
+    for name in ("demo", "sagun2016", "sagun2017", "papyan2019", "fernandez2025", "fortganguli2019", "digits", "mlp"):
+        assert name in res.stdout, name
     for verb in ("demo", "reproduce", "analyze", "report", "list"):
         res = cli(verb, "--help", cwd=tmp_path)
         assert res.returncode == 0 and "example" in res.stdout, verb
