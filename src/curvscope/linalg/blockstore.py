@@ -266,14 +266,16 @@ class DiskMatrix:
     def matmul(self, X: Tensor, memory_budget: int | None = None) -> Tensor:
         """``V @ X`` for ``X`` ``[k, K]`` (streamed over rows; the result ``[D, K]`` is in RAM)."""
         out = torch.empty(self.shape[0], X.shape[1], dtype=X.dtype)
-        for s, chunk in self.iter_rows(_rows_for(self.shape[1] * 8, memory_budget)):
+        per_row = self.shape[1] * bytes_per_entry(self.dtype) + 8 * X.shape[1]
+        for s, chunk in self.iter_rows(_rows_for(per_row, memory_budget)):
             out[s : s + chunk.shape[0]] = chunk.to(X.dtype) @ X
         return out
 
     def rmatmul(self, Y: Tensor, memory_budget: int | None = None) -> Tensor:
         """``Vᵀ @ Y`` for ``Y`` ``[D, K]`` (streamed over rows)."""
         out = torch.zeros(self.shape[1], Y.shape[1], dtype=torch.float64)
-        for s, chunk in self.iter_rows(_rows_for(self.shape[1] * 8, memory_budget)):
+        per_row = self.shape[1] * bytes_per_entry(self.dtype) + 8 * Y.shape[1]
+        for s, chunk in self.iter_rows(_rows_for(per_row, memory_budget)):
             out += chunk.double().T @ Y[s : s + chunk.shape[0]].double()
         return out
 

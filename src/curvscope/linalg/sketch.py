@@ -56,7 +56,6 @@ from curvscope.linalg.sketch_recovery import (
     METHODS,
     SORTS,
     TEST_VECTORS,
-    TILE_ROWS,
     TestMatrix,
     _measure,
     _omega,
@@ -243,16 +242,19 @@ def sketch_measurements(A: Any, k: int, *, store: str, blocks: range | None = No
 
 
 # ------------------------------------------------------------------------- error estimation
-def _columns(V: Tensor | bs.DiskMatrix, a: int, b: int) -> Tensor:
-    return V[:, a:b] if isinstance(V, Tensor) else torch.cat([c[:, a:b] for _, c in V.iter_rows(TILE_ROWS * 8)])
+def _columns(V: Tensor | bs.DiskMatrix, a: int, b: int, budget: int | None) -> Tensor:
+    if isinstance(V, Tensor):
+        return V[:, a:b]
+    rows = max(1, (budget or bs.DEFAULT_WORKING_BYTES) // (2 * V.shape[1] * bs.bytes_per_entry(V.dtype)))
+    return torch.cat([c[:, a:b] for _, c in V.iter_rows(rows)])
 
 
-def _residuals(mv, lam: Tensor, V, count: int, plan: _Plan) -> Tensor:
+def _residuals(mv, lam: Tensor, V, count: int, plan: _Plan, budget: int | None) -> Tensor:
     res = torch.full((len(lam),), float("nan"), dtype=torch.float64)
     for a in range(0, min(count, len(lam)), plan.b):
         b = min(count, len(lam), a + plan.b)
-        Vb = _columns(V, a, b).to(plan.device)
-        R = mv(Vb, "residuals").double() - Vb.double() * lam[a:b].to(plan.device)
+        Vb = _columns(V, a, b, budget).to(plan.device)
+        R = (mv(Vb, "residuals") - Vb * lam[a:b].to(Vb.dtype).to(plan.device)).double()
         res[a:b] = R.norm(dim=0).cpu()
     return res
 
@@ -272,24 +274,26 @@ def tail_factor(num_probes: int, confidence: float) -> float:
     return 1.0 / (1.0 - hi)
 
 
-def _error_estimates(mv, lam: Tensor, V, plan: _Plan, p: int, delta: float) -> dict:
+def _error_estimates(mv, lam: Tensor, V, plan: _Plan, p: int, delta: float, budget: int | None) -> dict:
     if p == 0:
         nan = float("nan")
         return {"error_fro": nan, "error_fro_bound": nan, "error_2_bound": nan, "norm_fro": nan}
-    Om = TestMatrix("gaussian", plan.dim, p, plan.seed, "error", plan.dtype, p)
-    X = Om.block(0).to(plan.device)
-    Y = mv(X, "error_probes")
-    if isinstance(V, bs.DiskMatrix):
-        Vt = V.rmatmul(X)
-        E = Y.double().cpu() - V.matmul((lam[:, None] * Vt).to(plan.dtype)).double()
-    else:
-        Vt = (V.T @ X).double().cpu()
-        E = Y.double() - (V @ (lam[:, None] * Vt).to(plan.dtype).to(plan.device)).double()
-    e2 = (E**2).sum(0).cpu()
-    est = e2.mean().sqrt().item()
+    Om = TestMatrix("gaussian", plan.dim, p, plan.seed, "error", plan.dtype, plan.b)
+    e2, a2 = [], []
+    for j in range(len(Om)):  # probe blocks of the product block size: memory as for the sketch
+        X = Om.block(j).to(plan.device)
+        Y = mv(X, "error_probes")
+        if isinstance(V, bs.DiskMatrix):
+            low = V.matmul((lam[:, None] * V.rmatmul(X, budget)).to(plan.dtype), budget).to(plan.device)
+        else:
+            low = V @ (lam[:, None] * (V.T @ X).double().cpu()).to(plan.dtype).to(plan.device)
+        e2.append(((Y - low).double() ** 2).sum(0).cpu())
+        a2.append((Y.double() ** 2).sum(0).cpu())
+    e2t = torch.cat(e2)
+    est = e2t.mean().sqrt().item()
     bound_fro = est * math.sqrt(tail_factor(p, delta))
-    bound_2 = min(bound_fro, delta ** (-1 / p) * math.sqrt(2 / math.pi) * e2.max().sqrt().item())
-    norm = (Y.double() ** 2).sum(0).mean().sqrt().item()
+    bound_2 = min(bound_fro, delta ** (-1 / p) * math.sqrt(2 / math.pi) * e2t.max().sqrt().item())
+    norm = torch.cat(a2).mean().sqrt().item()
     return {"error_fro": est, "error_fro_bound": bound_fro, "error_2_bound": bound_2, "norm_fro": norm}
 
 
@@ -376,8 +380,9 @@ def sketched_eigh(
         lam, V, res, status, message = recover(mv, plan, store_, memory_budget, out_path)
         lam = lam.double().cpu()
         if res is None:
-            res = _residuals(mv, lam, V, min(k, 10) if residual_pairs is None else residual_pairs, plan)
-        errors = _error_estimates(mv, lam, V, plan, error_probes, confidence)
+            count = min(k, 10) if residual_pairs is None else residual_pairs
+            res = _residuals(mv, lam, V, count, plan, memory_budget)
+        errors = _error_estimates(mv, lam, V, plan, error_probes, confidence, memory_budget)
     if mv.bar is not None:
         mv.bar.close()
     if status == "ok" and len(lam) < k:
