@@ -22,7 +22,9 @@ the operator boundary (columns of ``A @ X``). On a shared machine the wall time 
 measure. Peers run with ``torch.set_default_dtype`` set to the workload dtype (PyHessian
 draws its vectors with the default dtype). PyHessian 0.1's
 ``density`` calls ``torch.eig``, removed from torch; it is run once as is (to record the
-failure) and once with a shim mapping ``torch.eig`` to ``torch.linalg.eigh``.
+failure) and once with a shim mapping ``torch.eig`` to ``torch.linalg.eigh``. curvlinops'
+``to_scipy`` hands ARPACK float64 arrays, so its Krylov arithmetic is float64 even on a
+float32 model; on float32 workloads curvscope is also run with ``work_dtype=torch.float64``.
 
     python benchmarks/eigen.py [--workloads mlp-small mlp-300k cnn-1m] [--tasks top1 top20 density trace]
 """
@@ -285,12 +287,12 @@ def pyhessian_op(model, loss_fn, batch, dtype):
 
 # ------------------------------------------------------------------------------- tasks
 def topk_methods(ours, model, loss_fn, batches, k, dtype):
-    def mine(residuals):
+    def mine(residuals, work_dtype=None):
         def setup():
             C = ours.counted()
 
             def run():
-                r = eigsh(C, k, "LA", tol=TOL, seed=0, residuals=residuals, progress=False)
+                r = eigsh(C, k, "LA", tol=TOL, seed=0, residuals=residuals, progress=False, work_dtype=work_dtype)
                 return {"values": r.eigenvalues, "matvecs": C.count, "status": r.status, "claimed": r.num_converged}
 
             return run
@@ -335,9 +337,16 @@ def topk_methods(ours, model, loss_fn, batches, k, dtype):
 
         return setup
 
+    wide = {}
+    if dtype != torch.float64:  # ARPACK through SciPy works in float64: compare like with like too
+        wide = {
+            "curvscope eigsh (certified, f64 Krylov)": mine("true", torch.float64),
+            "curvscope eigsh (verified, f64 Krylov)": mine("verified", torch.float64),
+        }
     return {
         "curvscope eigsh (certified)": mine("true"),
         "curvscope eigsh (verified)": mine("verified"),
+        **wide,
         "curvlinops + ARPACK": arpack,
         "pyhessian power iter.": pyhessian,
         "eigenthings lanczos (default)": eigenthings(None),
@@ -487,6 +496,42 @@ def trace_methods(ours, model, loss_fn, batches, M, dtype, seed):
     }
 
 
+def product_costs(ours, model, loss_fn, batches, dtype, rounds=3, reps=5):
+    """CPU seconds per product of each library's operator, interleaved over ``rounds`` (minimum kept).
+
+    Explains the wall times: every method above is (products) x (this) + its own overhead.
+    """
+    import hessian_eigenthings as he
+    import pyhessian.utils as phu
+
+    D = ours.H.shape[0]
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(D, generator=g, dtype=torch.float64).to(dtype)
+    V = torch.randn(D, 10, generator=g, dtype=torch.float64).to(dtype)
+    cl = curvlinops_op(model, loss_fn, batches)
+    et = he.HessianOperator(model, batches, he.supervised_loss(loss_fn))
+    hc = pyhessian_op(model, loss_fn, batches[0], dtype)
+    vs = [t.reshape(p.shape) for t, p in zip(torch.split(v, [p.numel() for p in hc.params]), hc.params)]
+    cands = {
+        "curvscope Hessian, 1 vector": (lambda: ours.H @ v, 1),
+        "curvscope Hessian, block of 10 (per vector)": (lambda: ours.H @ V, 10),
+        "curvlinops HessianLinearOperator, 1 vector": (lambda: cl @ v, 1),
+        "curvlinops HessianLinearOperator, block of 10 (per vector)": (lambda: cl @ V, 10),
+        "hessian-eigenthings HessianOperator, 1 vector": (lambda: et.matvec(v), 1),
+        "pyhessian (retained graph), 1 vector": (lambda: phu.hessian_vector_product(hc.gradsH, hc.params, vs), 1),
+    }
+    best = dict.fromkeys(cands, math.inf)
+    for _ in range(rounds):
+        for name, (fn, width) in cands.items():
+            fn()
+            c0 = time.process_time()
+            for _ in range(reps):
+                fn()
+            best[name] = min(best[name], (time.process_time() - c0) / (reps * width))
+    model.zero_grad(set_to_none=True)
+    return best
+
+
 # --------------------------------------------------------------------------------- run
 def rel_err(values, ref):
     if values is None or len(values) < len(ref):
@@ -516,6 +561,11 @@ def run_workload(name, tasks, rows):
         slug = re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
         write_json(FOLDER, f"{name}__{task}__{slug}", payload)
         print("  ".join(f"{c}={row.get(c)}" for c in COLUMNS[1:] if row.get(c) is not None), flush=True)
+
+    if "products" in tasks:
+        for method, cost in product_costs(ours, model, loss_fn, batches, spec["dtype"]).items():
+            if selected(method):
+                record("products", method, {"seconds": cost, "matvecs": 1}, {"cpu_s_per_product": cost})
 
     for k in (1, 20):
         task = f"top{k}"
@@ -568,7 +618,7 @@ def run_workload(name, tasks, rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", nargs="+", default=list(SPEC), choices=list(SPEC))
-    ap.add_argument("--tasks", nargs="+", default=["top1", "top20", "density", "trace"])
+    ap.add_argument("--tasks", nargs="+", default=["products", "top1", "top20", "density", "trace"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the minimum wall time is kept")
     ap.add_argument("--only", nargs="*", default=[], help="run only methods whose name contains one of these")
@@ -614,7 +664,7 @@ def merged_rows() -> list[dict]:
 
     files = sorted((RESULTS / FOLDER).glob("*__*__*.json"), key=lambda p: p.stat().st_mtime)
     rows = [read_json(p) for p in files]
-    tasks = ["top1", "top20", "density", "trace"]
+    tasks = ["products", "top1", "top20", "density", "trace"]
     return sorted(rows, key=lambda r: (list(SPEC).index(r["workload"]), tasks.index(r["task"])))
 
 

@@ -156,6 +156,12 @@ def test_float32_meets_its_default_tolerance():
     res = eigsh(A32, 3, "LA", progress=False)
     assert res.status == "converged" and res.tol == pytest.approx(torch.finfo(torch.float32).eps ** 0.5)
     assert torch.allclose(res.eigenvalues.double(), tm.eigenvalues[-3:].flip(0), rtol=1e-5)
+    # float64 Krylov arithmetic on the float32 operator: products stay float32, vectors come back float64
+    op = MatmulOnly(A32)
+    wide = eigsh(op, 3, "LA", tol=1e-6, work_dtype=DT, progress=False)
+    assert wide.status == "converged" and wide.eigenvectors.dtype == DT and wide.tol == 1e-6
+    exact32 = torch.linalg.eigvalsh(A32.double())[-3:].flip(0)
+    assert torch.allclose(wide.eigenvalues, exact32, rtol=1e-7, atol=0)
 
 
 def test_progress_bar_only_when_asked(capsys):

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from curvscope.io import load_tensors, save_tensors
 from curvscope.linalg.checkpoint import jsonable, load_state, save_state
-from curvscope.linalg.lanczos import check_operator, default_breakdown_tol, orthogonalize
+from curvscope.linalg.lanczos import check_operator, default_breakdown_tol, orthogonalize, promote
 from curvscope.linalg.sampling import SeedLike, gaussian, make_generator
 from curvscope.linalg.storage import StorageFactory, make_storage
 from curvscope.memory import check_budget, vectors_bytes
@@ -215,6 +215,7 @@ def eigsh(
     residuals: str = "true",
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
+    work_dtype: torch.dtype | None = None,
 ) -> EigshResult:
     """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos.
 
@@ -239,6 +240,11 @@ def eigsh(
             kept basis, the projected matrix, the counters and the random-generator state. A
             killed run called again with the same file continues from the last restart and
             returns what an uninterrupted run returns; products already done are not redone.
+        work_dtype: dtype of the basis, the orthogonalisation and the returned vectors
+            (default: the operator's). ``torch.float64`` on a float32 operator gives the
+            accuracy of the operator's rounding rather than of float32 Gram–Schmidt (as
+            ARPACK through SciPy does); the basis memory doubles. The default ``tol`` still
+            follows the operator's dtype.
 
     Returns:
         An :class:`EigshResult`; on Ctrl-C the pairs found so far, ``status="interrupted"``.
@@ -254,6 +260,8 @@ def eigsh(
         True
     """
     t0 = time.perf_counter()
+    _, op_dtype, _ = check_operator(A)
+    A = promote(A, work_dtype)
     D, dtype, device = check_operator(A)
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
@@ -271,7 +279,7 @@ def eigsh(
     if ncv <= k and ncv < n_eff:
         raise ValueError(f"ncv={ncv} must exceed k={k} (ncv = 2k + 1 is a good choice)")
     budget = max(1000, 50 * ncv) if num_matvecs is None else int(num_matvecs)
-    tol = default_tol(dtype) if tol is None else float(tol)
+    tol = default_tol(op_dtype) if tol is None else float(tol)
     btol = default_breakdown_tol(dtype)
     gen = make_generator(seed)
 

@@ -287,8 +287,8 @@ def _error_estimates(mv, lam: Tensor, V, plan: _Plan, p: int, delta: float, budg
             low = V.matmul((lam[:, None] * V.rmatmul(X, budget)).to(plan.dtype), budget).to(plan.device)
         else:
             low = V @ (lam[:, None] * (V.T @ X).double().cpu()).to(plan.dtype).to(plan.device)
-        e2.append(((Y - low).double() ** 2).sum(0).cpu())
-        a2.append((Y.double() ** 2).sum(0).cpu())
+        e2.append(((Y - low) ** 2).sum(0, dtype=torch.float64).cpu())  # no float64 copy of the block
+        a2.append((Y**2).sum(0, dtype=torch.float64).cpu())
     e2t = torch.cat(e2)
     est = e2t.mean().sqrt().item()
     bound_fro = est * math.sqrt(tail_factor(p, delta))
@@ -341,7 +341,9 @@ def sketched_eigh(
         store: directory of a :class:`~curvscope.linalg.blockstore.BlockStore`: products are saved
             block by block, a killed run resumes there, and work beyond ``memory_budget`` streams from it.
         memory_budget: bytes of RAM the sketch may hold (the operator's own memory excluded);
-            beyond it the basis/measurements stay on disk (needs ``store``). ``None``: no limit.
+            beyond it the basis/measurements stay on disk (needs ``store``) and the product block
+            shrinks to fit. ``None``: no limit. The allocator may keep freed memory: see
+            :mod:`curvscope.linalg.blockstore` for measured peaks.
         progress: show a tqdm bar of products.
 
     Returns:
