@@ -121,3 +121,34 @@ def test_report_and_list_and_errors(tmp_path, checkpoint):
     for verb in ("demo", "reproduce", "analyze", "report", "list"):
         res = cli(verb, "--help", cwd=tmp_path)
         assert res.returncode == 0 and "example" in res.stdout, verb
+
+
+def test_reproduce_all_ends_with_a_summary(tmp_path, monkeypatch, capsys):
+    """`reproduce all` prints one line per experiment, names every failed claim, writes summary.json;
+    --strict turns a failed claim into exit status 1. Two tiny recipes stand in for the papers."""
+    import curvscope.experiments as experiments
+    from curvscope.cli.main import main
+    from curvscope.experiments.registry import EXPERIMENTS, Recipe, register
+    from curvscope.experiments.run import Claim
+
+    def recipe(name, ok):
+        def run(rd, ctx):
+            rd.claim(Claim("holds", "a true statement", 1.0, "= 1", True))
+            rd.claim(Claim("shaky", "a statement that may fail", 0.5, "≥ 1", ok))
+            rd.claim(Claim("info", "a reported quantity", 3.0, "reported, not asserted", None))
+
+        return register(Recipe(name, f"test {name}", "a stand-in", run), overwrite=True)
+
+    try:
+        recipe("zz_good", True), recipe("zz_bad", False)
+        monkeypatch.setattr(experiments, "names", lambda: ["zz_bad", "zz_good"])
+        assert main(["reproduce", "all", "--out", str(tmp_path), "--quiet"]) == 0
+        out = capsys.readouterr().out
+        assert "FAILED: shaky" in out and "total: 3 passed, 1 failed, 2 reported only" in out
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        rows = {r["experiment"]: r for r in summary["experiments"]}
+        assert rows["zz_bad"]["failed"] == ["shaky"] and rows["zz_good"]["failed"] == []
+        assert Path(rows["zz_good"]["report"]).is_file() and summary["totals"]["passed"] == 3
+        assert main(["reproduce", "all", "--out", str(tmp_path / "strict"), "--quiet", "--strict"]) == 1
+    finally:
+        EXPERIMENTS.pop("zz_good", None), EXPERIMENTS.pop("zz_bad", None)

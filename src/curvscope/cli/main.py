@@ -126,7 +126,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 2
     todo = names() if args.name == "all" else [args.name]
     todo = [n for n in todo if n != "demo"] if args.name == "all" else todo
-    failed = 0
+    failed, rows = 0, []
     for name in todo:
         out = args.out
         if args.name == "all":
@@ -139,7 +139,41 @@ def _reproduce(args: argparse.Namespace) -> int:
         _print_claims(run.results)
         failed += sum(1 for c in run.results["claims"] if c.get("passed") is False)
         print(f"   report: {report}")
+        rows.append(_summary_row(name, run, report))
+    if args.name == "all" and get_rank() == 0:
+        _write_summary(Path(args.out or "runs"), rows, args)
     return 1 if (failed and args.strict) else 0
+
+
+def _summary_row(name: str, run, report: Path) -> dict:
+    claims = run.results["claims"]
+    return {
+        "experiment": name,
+        "passed": [c["name"] for c in claims if c.get("passed") is True],
+        "failed": [c["name"] for c in claims if c.get("passed") is False],
+        "reported": [c["name"] for c in claims if c.get("passed") is None],
+        "wall_seconds": run.results.get("wall_seconds"),
+        "run_dir": str(run.path),
+        "report": str(report),
+    }
+
+
+def _write_summary(parent: Path, rows: list[dict], args: argparse.Namespace) -> None:
+    """One line per experiment and ``summary.json`` beside the runs, so `all` ends with the verdict."""
+    from curvscope.io import atomic_write_json
+
+    print(f"\n== summary ({args.scale}, seed {args.seed})")
+    print(f"   {'experiment':<18}{'passed':>8}{'failed':>8}{'reported':>10}{'seconds':>10}")
+    for r in rows:
+        secs = f"{r['wall_seconds']:.0f}" if r["wall_seconds"] is not None else "-"
+        print(f"   {r['experiment']:<18}{len(r['passed']):>8}{len(r['failed']):>8}{len(r['reported']):>10}{secs:>10}")
+        for name in r["failed"]:
+            print(f"      FAILED: {name}")
+    total = {key: sum(len(r[key]) for r in rows) for key in ("passed", "failed", "reported")}
+    print(f"   total: {total['passed']} passed, {total['failed']} failed, {total['reported']} reported only")
+    summary = {"scale": args.scale, "seed": args.seed, "device": args.device, "totals": total, "experiments": rows}
+    atomic_write_json(parent / "summary.json", summary)
+    print(f"   summary: {parent / 'summary.json'}")
 
 
 def main(argv: list[str] | None = None) -> int:
