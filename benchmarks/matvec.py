@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import environment, table, timeit, workload, write_json
 from curvscope import GGN, Hessian
+from curvscope.operators.curvature import CACHED
 
 
 def run(name: str, device: str, repeat: int) -> list[dict]:
@@ -54,7 +55,7 @@ def run(name: str, device: str, repeat: int) -> list[dict]:
         "ggn": lambda s: GGN(model, loss_fn, batches, strategy=s, probe=False),
     }
     for op_name, make in ops.items():
-        strategies = ["auto", "loop", "vmap", "autograd"] if op_name == "hessian" else ["auto", "loop", "vmap"]
+        strategies = ["auto", "loop", "vmap", "autograd", *CACHED] if op_name == "hessian" else ["auto", "loop", "vmap"]
         for strategy in strategies:
             op = make(strategy)
             for K in (1, 8, 32):
@@ -77,7 +78,7 @@ def run(name: str, device: str, repeat: int) -> list[dict]:
                     "D": D,
                     "product": op_name,
                     "strategy": strategy,
-                    "chosen": op._chosen.get("single" if K == 1 else "block"),
+                    "chosen": op.chosen_strategy(K),
                     "K": K,
                     "seconds": t,
                     "per_vector_s": t / K,

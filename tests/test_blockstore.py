@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from curvscope.linalg import blockstore as bs
+from curvscope.linalg import streamed
 from curvscope.linalg.sketch import sketch_measurements, sketched_eigh
 from curvscope.operators import DenseOperator
 from spectra import random_orthogonal
@@ -99,10 +100,12 @@ def blocks(request, tmp_path):
 @pytest.mark.parametrize("budget", [None, 20_000])
 def test_orthonormalize_streamed(blocks, budget):
     Y, cb = blocks
-    assert torch.equal(cb.rows(0, 300), Y) and torch.allclose(bs.gram(cb, budget), Y.T @ Y, rtol=1e-12, atol=1e-12)
-    M = bs.orthonormalize(cb, memory_budget=budget)
+    assert torch.equal(cb.rows(0, 300), Y) and torch.allclose(
+        streamed.gram(cb, budget), Y.T @ Y, rtol=1e-12, atol=1e-12
+    )
+    M = streamed.orthonormalize(cb, memory_budget=budget)
     assert M.shape[1] == 23  # the dependent column is dropped
-    Q = bs.apply_right(cb, M, memory_budget=budget)
+    Q = streamed.apply_right(cb, M, memory_budget=budget)
     assert torch.allclose(Q.T @ Q, torch.eye(23, dtype=DT), atol=1e-12)
     assert torch.allclose(Q @ (Q.T @ Y), Y, atol=1e-10 * Y.norm())  # same range
 
@@ -110,12 +113,12 @@ def test_orthonormalize_streamed(blocks, budget):
 def test_apply_right_to_disk_and_to_blocks(blocks, tmp_path):
     Y, cb = blocks
     M = torch.randn(24, 9, dtype=DT, generator=torch.Generator().manual_seed(1))
-    V = bs.apply_right(cb, M, out=tmp_path / "v.safetensors", memory_budget=30_000)
+    V = streamed.apply_right(cb, M, out=tmp_path / "v.safetensors", memory_budget=30_000)
     assert isinstance(V, bs.DiskMatrix) and V.shape == (300, 9)
     assert torch.allclose(V.load(), Y @ M, atol=1e-12)
     X = torch.randn(9, 2, dtype=DT)
     assert torch.allclose(V.matmul(X, 10_000), Y @ M @ X) and torch.allclose(V.rmatmul(Y, 10_000), (Y @ M).T @ Y)
-    bs.apply_right(cb, M, out=[(tmp_path / "a.safetensors", 4), (tmp_path / "b.safetensors", 5)])
+    streamed.apply_right(cb, M, out=[(tmp_path / "a.safetensors", 4), (tmp_path / "b.safetensors", 5)])
     parts = [bs.DiskMatrix(tmp_path / f).load() for f in ("a.safetensors", "b.safetensors")]
     assert torch.allclose(torch.cat(parts, 1), Y @ M, atol=1e-12)
 
@@ -123,7 +126,7 @@ def test_apply_right_to_disk_and_to_blocks(blocks, tmp_path):
 def test_budget_too_small_raises_before_work(blocks):
     _, cb = blocks
     with pytest.raises(MemoryError, match="too small"):
-        bs.orthonormalize(cb, memory_budget=1000)
+        streamed.orthonormalize(cb, memory_budget=1000)
 
 
 # ----------------------------------------------------------------- out of core == in core
@@ -150,7 +153,8 @@ def test_sigkill_then_resume(tmp_path, method):
     store = tmp_path / "store"
     code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_blockstore as t; "
     code += f"t._worker({str(store)!r}, {method!r})"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the same intra-op threads as this process: bitwise equality needs the same matmul reductions
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     prefix = "k" if method == "block_krylov" else ("w0" if method == "subspace" else "y0")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curvscope.linalg.eigsh import EigshResult, eigsh, power_iteration, priority
+from curvscope.linalg.eigsh import EigshResult, eigsh, priority
+from curvscope.linalg.power import power_iteration
 from curvscope.operators import DenseOperator
 from spectra import MatmulOnly, make
 

@@ -1,16 +1,10 @@
 """fortganguli2019 at the quick scale: artefacts, the robust claims, resumption without recomputation."""
 
-import json
-
-import pytest
 import torch
 
 from curvscope.experiments.fortganguli2019 import QUICK, RECIPE, C
-from curvscope.experiments.registry import Context
 from curvscope.experiments.run import RunDir
-from curvscope.report import render
-
-CONFIG = {"experiment": "fortganguli2019", "scale": "quick", "seed": 0, "device": "cpu"}
+from exp_harness import check_claims, check_figures_and_report, check_resume, quick_run_fixture
 
 # Held on every seed tried (0, 1, 2); see the module docstring for the settings.
 ROBUST = (
@@ -52,30 +46,11 @@ def test_recipe_is_named():
     assert RECIPE.name == "fortganguli2019" and RECIPE.run is not None
 
 
-def _run(path):
-    run = RunDir(path, CONFIG)
-    RECIPE.run(run, Context(scale="quick", seed=0, device=torch.device("cpu"), progress=False))
-    run.finish()
-    return run
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fortganguli2019")
-    run = _run(path)
-    return path, run.results, render(path)
+quick_run = quick_run_fixture(RECIPE)
 
 
 def test_claims_present_and_robust_ones_hold(quick_run):
-    _, results, _ = quick_run
-    claims = {c["name"]: c for c in results["claims"]}
-    assert set(claims) == set(ROBUST) | set(REPORTED)
-    failed = {n: (claims[n]["measured"], claims[n]["criterion"]) for n in ROBUST if claims[n]["passed"] is not True}
-    assert not failed, failed
-    for name in REPORTED:
-        assert claims[name]["passed"] is None, name
-    for c in claims.values():
-        assert c["measured"] not in ("", None) and c["criterion"], c
+    check_claims(quick_run[1], ROBUST, (), REPORTED)
 
 
 def test_measurements_are_sane(quick_run):
@@ -98,20 +73,8 @@ def test_measurements_are_sane(quick_run):
 
 
 def test_figures_and_report(quick_run):
-    path, results, report = quick_run
-    assert {f["name"] for f in results["figures"]} == set(FIGURES)
-    for name in FIGURES:
-        for ext in ("png", "svg"):
-            assert (path / "figures" / f"{name}.{ext}").stat().st_size > 1000, (name, ext)
-    html = report.read_text()
-    for name in FIGURES:
-        assert f'id="fig-{name}"' in html
-    assert "hyperplane_training_sgd" in html and "goldilocks_peak" in html
+    check_figures_and_report(quick_run, FIGURES, ("hyperplane_training_sgd", "goldilocks_peak"))
 
 
 def test_resume_does_not_recompute(quick_run):
-    path, results, _ = quick_run
-    before = {k: v["seconds"] for k, v in results["steps"].items()}
-    again = _run(path)
-    assert {k: v["seconds"] for k, v in again.results["steps"].items()} == before
-    assert json.loads((path / "results.json").read_text())["claims"] == results["claims"]
+    check_resume(RECIPE, quick_run)

@@ -58,7 +58,8 @@ def run_killed_then_resumed(tmp_path, kind, kill_after):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(here=str(HERE)))
     ckpt, log, out = tmp_path / f"{kind}.ckpt", tmp_path / f"{kind}.log", tmp_path / f"{kind}.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
+    # the same intra-op threads as this process: bitwise equality needs the same matmul reductions
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(HERE)}
     proc = subprocess.Popen([sys.executable, str(script), kind, "0.01", str(log), str(ckpt), str(out)], env=env)
     deadline = time.time() + 120
     while time.time() < deadline and (not ckpt.exists() or products(log) < kill_after):

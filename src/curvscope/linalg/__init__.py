@@ -9,8 +9,9 @@
 """
 
 from curvscope.linalg.density import Density, spectral_density, wasserstein1
-from curvscope.linalg.eigsh import EigshResult, eigsh, power_iteration
+from curvscope.linalg.eigsh import EigshResult, eigsh
 from curvscope.linalg.lanczos import LanczosResult, lanczos
+from curvscope.linalg.power import power_iteration
 from curvscope.linalg.storage import BasisStorage, DeviceStorage, DiskStorage, HostStorage, make_storage
 from curvscope.linalg.trace import DiagonalResult, TraceResult, diagonal, trace
 

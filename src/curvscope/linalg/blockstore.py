@@ -1,4 +1,4 @@
-"""Out-of-core column blocks of a tall matrix, and the streamed linear algebra on them.
+"""Out-of-core column blocks of a tall matrix: the on-disk store and its row-chunk reads.
 
 A sketch of a ``D``-parameter operator with ``n`` measurements is a ``[D, n]`` matrix
 ``Y = [Y₀, Y₁, …]`` computed one column block ``Yⱼ = A Ωⱼ`` at a time. For ``D = 10⁷`` and
@@ -23,17 +23,8 @@ or into their own directories merged later with :meth:`BlockStore.merge`. The ma
 records what the blocks are measurements *of* (``spec``: method, seed, test vectors, block
 size), so a store is never silently reused for another computation.
 
-**Streamed algorithms.** Blocked tall-skinny orthonormalisation in the Gram form
-(CholeskyQR2 with an eigendecomposition instead of the Cholesky factor, i.e. SVQB twice:
-Stathopoulos & Wu 2002; Fukaya et al. 2020): two passes accumulate ``G = YᵀY`` over row
-chunks in float64 and return a small ``M`` with ``Q = Y M`` orthonormal; ``Q`` is never
-stored, it is applied as ``Y (M S)`` when an output is written. Directions of ``Y`` below
-``rtol · σ_max`` are dropped (rank-revealing), which is exact for rank-deficient sketches.
-Peak working RAM of a pass is about ``rows · (n · bytes_per_entry(dtype) + out · 8)`` bytes
-plus the ``n × n`` float64 matrices, with ``rows`` chosen from half of ``memory_budget``.
-Measured (D = 4·10⁵, a 610 MiB sketch, ``memory_budget`` = 200 MiB, core sketch): peak RSS
-140 MiB above the process baseline with ``MALLOC_MMAP_THRESHOLD_=1048576``; 245 MiB with
-glibc's default dynamic threshold, which keeps freed chunks of up to 32 MiB in the heap.
+The streamed linear algebra on these blocks (Gram matrix, out-of-core orthonormalisation,
+``Y @ M``, Gram–Schmidt against stored blocks) is in :mod:`curvscope.linalg.streamed`.
 """
 
 from __future__ import annotations
@@ -43,7 +34,7 @@ import json
 import os
 import shutil
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -382,132 +373,6 @@ def row_chunks(
     rows = _rows_for(bytes_per_row, free)
     for s in range(0, dim, rows):
         yield s, min(dim, s + rows)
-
-
-def stream(
-    Y: ColumnBlocks,
-    visit: Callable[[int, int, Tensor], None],
-    memory_budget: int | None = None,
-    extra_bytes_per_row: int = 0,
-    fixed_bytes: int = 0,
-) -> None:
-    """Call ``visit(start, stop, Y[start:stop].double())`` over row chunks of ``Y`` within the budget."""
-    per_row = Y.width * bytes_per_entry(Y.dtype) + extra_bytes_per_row
-    for s, e in row_chunks(Y.dim, per_row, memory_budget, fixed_bytes):
-        visit(s, e, Y.rows(s, e).double())
-
-
-def gram(Y: ColumnBlocks, memory_budget: int | None = None) -> Tensor:
-    """``YᵀY`` ``[n, n]`` in float64, accumulated over row chunks.
-
-    Example:
-        >>> Y = ColumnBlocks(3, torch.float64); Y.append(torch.eye(3, 2, dtype=torch.float64))
-        >>> gram(Y).tolist()
-        [[1.0, 0.0], [0.0, 1.0]]
-    """
-    G = torch.zeros(Y.width, Y.width, dtype=torch.float64)
-
-    def visit(s: int, e: int, rows: Tensor) -> None:
-        G.add_(rows.T @ rows)
-
-    stream(Y, visit, memory_budget, fixed_bytes=8 * Y.width**2)
-    return (G + G.T) / 2
-
-
-def _svqb(G: Tensor, rtol: float) -> Tensor:
-    """``M`` with ``MᵀGM = I`` on the directions of ``G`` above ``rtol² · max`` (``G = YᵀY``)."""
-    evals, U = torch.linalg.eigh(G)
-    top = evals[-1].clamp(min=0).item()
-    keep = evals > max(rtol**2 * top, torch.finfo(torch.float64).tiny)
-    return U[:, keep].flip(1) / evals[keep].flip(0).sqrt()
-
-
-def orthonormalize(Y: ColumnBlocks, memory_budget: int | None = None, rtol: float | None = None) -> Tensor:
-    """Out-of-core orthonormalisation: ``M`` ``[n, r]`` with ``Q = Y M`` orthonormal and ``range(Q) ≈ range(Y)``.
-
-    SVQB twice (CholeskyQR2 with an eigendecomposition, Stathopoulos & Wu 2002): pass 1
-    forms ``G = YᵀY`` and ``M₁ = U Σ⁻¹`` on the directions above ``rtol · σ_max``; pass 2
-    forms ``(Y M₁)ᵀ(Y M₁)`` (not identical to ``I`` in floating point) and corrects it.
-    ``r < n`` when ``Y`` is numerically rank deficient.
-
-    Args:
-        Y: column blocks ``[D, n]`` (RAM or disk).
-        memory_budget: working bytes per pass (default :data:`DEFAULT_WORKING_BYTES`).
-        rtol: relative singular value below which a direction is dropped (default:
-            ``100·eps`` of the block dtype, at least ``10·sqrt(eps₆₄)``).
-
-    Example:
-        >>> Y = ColumnBlocks(4, torch.float64)
-        >>> Y.append(torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64))
-        >>> M = orthonormalize(Y)
-        >>> Q = Y.rows(0, 4) @ M
-        >>> torch.allclose(Q.T @ Q, torch.eye(2, dtype=torch.float64))
-        True
-    """
-    if rtol is None:
-        rtol = max(100 * torch.finfo(Y.dtype).eps, 10 * torch.finfo(torch.float64).eps ** 0.5)
-    M = _svqb(gram(Y, memory_budget), rtol)
-    G2 = torch.zeros(M.shape[1], M.shape[1], dtype=torch.float64)
-
-    def visit(s: int, e: int, rows: Tensor) -> None:
-        Q = rows @ M
-        G2.add_(Q.T @ Q)
-
-    stream(Y, visit, memory_budget, extra_bytes_per_row=8 * M.shape[1], fixed_bytes=16 * Y.width**2)
-    return M @ _svqb((G2 + G2.T) / 2, rtol)
-
-
-def apply_right(
-    Y: ColumnBlocks,
-    M: Tensor,
-    out: str | os.PathLike | Sequence[tuple[str | os.PathLike, int]] | None = None,
-    memory_budget: int | None = None,
-    dtype: torch.dtype | None = None,
-) -> Tensor | DiskMatrix | None:
-    """``Y @ M`` for a small ``M`` ``[n, k]``, in RAM or streamed to disk.
-
-    ``out=None``: a tensor in RAM; a path: one safetensors file (returns a :class:`DiskMatrix`);
-    ``[(path, width), …]``: one file per column block.
-
-    Example:
-        >>> Y = ColumnBlocks(2, torch.float64); Y.append(torch.eye(2, dtype=torch.float64))
-        >>> apply_right(Y, torch.tensor([[1.0], [2.0]], dtype=torch.float64)).tolist()
-        [[1.0], [2.0]]
-    """
-    dtype = Y.dtype if dtype is None else dtype
-    M = M.double()
-    per_row, fixed = 8 * M.shape[1], 8 * M.numel()
-    per = Y.width * bytes_per_entry(Y.dtype) + per_row
-    chunks = ((Y.rows(s, e).double() @ M).to(dtype) for s, e in row_chunks(Y.dim, per, memory_budget, fixed))
-    if out is None:
-        return torch.cat(list(chunks), dim=0) if M.shape[1] else torch.empty(Y.dim, 0, dtype=dtype)
-    write_rows(out, (Y.dim, M.shape[1]), dtype, chunks)
-    return DiskMatrix(out) if isinstance(out, (str, os.PathLike)) else None
-
-
-def project_out(W: Tensor, Q: ColumnBlocks | Tensor | None) -> tuple[Tensor, Tensor]:
-    """One Gram–Schmidt pass against an orthonormal ``Q``: ``(W − Q C, C)``.
-
-    A tensor ``Q`` is projected classically (``C = QᵀW``, two matrix products); column blocks
-    (possibly on disk) by block modified Gram–Schmidt, reading every block once.
-
-    Example:
-        >>> Q = torch.eye(3, 1, dtype=torch.float64)
-        >>> W, C = project_out(torch.ones(3, 1, dtype=torch.float64), Q)
-        >>> W.flatten().tolist(), C.item()
-        ([0.0, 1.0, 1.0], 1.0)
-    """
-    if Q is None or (isinstance(Q, ColumnBlocks) and len(Q) == 0) or (isinstance(Q, Tensor) and Q.shape[1] == 0):
-        return W, torch.empty(0, W.shape[1], dtype=W.dtype, device=W.device)
-    if isinstance(Q, Tensor):
-        C = Q.T @ W
-        return W - Q @ C, C
-    Cs = []
-    for j in range(len(Q)):
-        Qj = Q.block(j).to(W.device)
-        Cs.append(Qj.T @ W)
-        W = W - Qj @ Cs[-1]
-    return W, torch.cat(Cs, dim=0)
 
 
 def block_names(prefix: str, count: int) -> Sequence[str]:

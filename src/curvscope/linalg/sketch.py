@@ -343,7 +343,7 @@ def sketched_eigh(
         memory_budget: bytes of RAM the sketch may hold (the operator's own memory excluded);
             beyond it the basis/measurements stay on disk (needs ``store``) and the product block
             shrinks to fit. ``None``: no limit. The allocator may keep freed memory: see
-            :mod:`curvscope.linalg.blockstore` for measured peaks.
+            :mod:`curvscope.linalg.streamed` for measured peaks.
         progress: show a tqdm bar of products.
 
     Returns:

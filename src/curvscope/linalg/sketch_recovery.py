@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from curvscope.linalg import blockstore as bs
+from curvscope.linalg import streamed
 from curvscope.linalg.sampling import make_generator, probes
 
 METHODS = ("auto", "block_krylov", "nystrom", "core", "subspace")
@@ -160,11 +161,11 @@ def _materialize(Y: bs.ColumnBlocks, M: Tensor, plan: _Plan, store, prefix: str,
     out = bs.ColumnBlocks(plan.dim, plan.dtype, store)
     names = bs.block_names(prefix, len(widths))
     if store is None:
-        for part in bs.apply_right(Y, M, memory_budget=budget).split(plan.b, dim=1):
+        for part in streamed.apply_right(Y, M, memory_budget=budget).split(plan.b, dim=1):
             out.append(part)
         return out
     if not all(store.has(n) for n in names):
-        bs.apply_right(Y, M, out=[(store.file(n), w) for n, w in zip(names, widths)], memory_budget=budget)
+        streamed.apply_right(Y, M, out=[(store.file(n), w) for n, w in zip(names, widths)], memory_budget=budget)
     for n, w in zip(names, widths):
         out.append(n, w)
     return out
@@ -179,7 +180,7 @@ def _nystrom(mv, plan: _Plan, store, budget, out_path):
     Om: Any = _omega(plan)
     Y = _measure(mv, Om, plan, store, "y0")
     for i in range(1, plan.passes):  # power iterations: Ω ← orth(A^i Ω)
-        Om = _materialize(Y, bs.orthonormalize(Y, budget), plan, store, f"o{i}", budget)
+        Om = _materialize(Y, streamed.orthonormalize(Y, budget), plan, store, f"o{i}", budget)
         Y = _measure(mv, Om, plan, store, f"y{i}")
     s = Y.width
     G, Mo, P = (torch.zeros(s, s, dtype=torch.float64) for _ in range(3))
@@ -217,7 +218,7 @@ def _core(mv, plan: _Plan, store, budget, out_path):
     Y = _measure(mv, Om, plan, store, "y0")
     r = plan.s // 2
     Y1 = Y.head(r)
-    M = bs.orthonormalize(Y1, budget)
+    M = streamed.orthonormalize(Y1, budget)
     YtO, PsiY = torch.zeros(r, plan.s, dtype=torch.float64), torch.zeros(plan.s, plan.s, dtype=torch.float64)
     for _, _, (y, o, ps) in _iter_rows([Y, Om, Psi], plan.dim, budget, fixed=16 * plan.s**2):
         YtO += y[:, :r].T @ o
@@ -255,7 +256,7 @@ def _subspace(mv, plan: _Plan, store, budget, out_path):
     for i in range(plan.passes):
         W = _measure(mv, Om, plan, store, f"w{i}")
         if i < plan.passes - 1:
-            Om = _materialize(W, bs.orthonormalize(W, budget), plan, store, f"q{i + 1}", budget)
+            Om = _materialize(W, streamed.orthonormalize(W, budget), plan, store, f"q{i + 1}", budget)
     T = torch.zeros(Om.width, Om.width, dtype=torch.float64)
     for _, _, (q, w) in _iter_rows([Om, W], plan.dim, budget, fixed=8 * Om.width**2):
         T += q.T @ w
@@ -269,19 +270,19 @@ def _bcgs2(W: Tensor, Q: Any, anorm: float, plan: _Plan, step: int) -> tuple[Ten
 
     Rank-deficient columns of the projected block are replaced by random directions; ``R`` keeps the relation.
     """
-    W1, C1 = bs.project_out(W, Q)
+    W1, C1 = streamed.project_out(W, Q)
     Q1, R1 = torch.linalg.qr(W1)
     bad = R1.diagonal().abs() <= 100 * torch.finfo(plan.dtype).eps * anorm
     if bad.any():
         nb = int(bad.sum())
         Z = TestMatrix("gaussian", plan.dim, nb, plan.seed, f"restart{step}", plan.dtype, nb).block(0)
         for _ in range(2):
-            Z = bs.project_out(Z.to(W.device), Q)[0]
+            Z = streamed.project_out(Z.to(W.device), Q)[0]
         W1b = W1.clone()
         W1b[:, bad] = Z / Z.norm(dim=0) * anorm
         Q1 = torch.linalg.qr(W1b)[0]
         R1 = Q1.T @ W1
-    W2, C2 = bs.project_out(Q1, Q)
+    W2, C2 = streamed.project_out(Q1, Q)
     Q2, R2 = torch.linalg.qr(W2)
     return Q2, C1 + C2 @ R1, R2 @ R1
 
@@ -326,7 +327,7 @@ def _block_krylov(mv, plan: _Plan, store, budget, out_path):
     Ss = S[:, idx]
     res = ((R.double().cpu() @ Ss[-b:]).norm(dim=0) ** 2 + (((T - T.T) / 2) @ Ss).norm(dim=0) ** 2).sqrt()
     if buf is None:
-        V = bs.apply_right(blocks, Ss, out=out_path, memory_budget=budget)
+        V = streamed.apply_right(blocks, Ss, out=out_path, memory_budget=budget)
         V = V.to(dev) if isinstance(V, Tensor) else V
     else:  # Ritz vectors in place: the first k columns of the basis buffer become V
         Sd = Ss.to(dt).to(dev)

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch.func import grad, jvp
 
-from curvscope.operators.curvature import CurvatureOperator, TangentDict, reverse_over_reverse
+from curvscope.operators.curvature import CurvatureOperator, TangentDict, gradient_graph, reverse_over_reverse
 
 
 class Hessian(CurvatureOperator):
@@ -44,3 +44,6 @@ class Hessian(CurvatureOperator):
 
     def _autograd_block(self, inputs: Any, targets: Any, n: int, V: TangentDict) -> TangentDict:
         return reverse_over_reverse(self.problem.loss_of_params(inputs, targets, n), self.problem.values, V)
+
+    def _gradient_graph(self, inputs: Any, targets: Any, n: int):
+        return gradient_graph(self.problem.loss_of_params(inputs, targets, n), self.problem.values)
