@@ -140,11 +140,20 @@ def project_out(W: Tensor, Q: ColumnBlocks | Tensor | None) -> tuple[Tensor, Ten
     if Q is None or (isinstance(Q, ColumnBlocks) and len(Q) == 0) or (isinstance(Q, Tensor) and Q.shape[1] == 0):
         return W, torch.empty(0, W.shape[1], dtype=W.dtype, device=W.device)
     if isinstance(Q, Tensor):
-        C = Q.T @ W
+        C = _t_matmul(Q, W)
         return W - Q @ C, C
     Cs = []
     for j in range(len(Q)):
         Qj = Q.block(j).to(W.device)
-        Cs.append(Qj.T @ W)
+        Cs.append(_t_matmul(Qj, W))
         W = W - Qj @ Cs[-1]
     return W, torch.cat(Cs, dim=0)
+
+
+def _t_matmul(Q: Tensor, W: Tensor) -> Tensor:
+    """``Qᵀ W`` for a tall ``Q`` and a narrow ``W``, computed as ``(Wᵀ Q)ᵀ``.
+
+    CPU BLAS runs ``Qᵀ W`` for a narrow ``W`` near gemv speed: for ``Q`` 301k × 150 and ``W``
+    with 3 columns it took 0.55 s against 0.10 s for ``(Wᵀ Q)ᵀ`` (float32, one thread).
+    """
+    return (W.T.contiguous() @ Q).T
