@@ -26,7 +26,8 @@ leading pairs whose residual is ``≤ 1e-2·|λ|`` (Bauer–Fike: an eigenvalue 
 skerch's residuals are computed afterwards for its first 128 pairs, not charged to it).
 The CPU is shared with other work: wall times carry the load average at start and end.
 
-Run: ``python benchmarks/sketch.py`` (all cases; existing JSON is kept unless ``--force``),
+Run: ``python benchmarks/sketch.py`` (all cases; existing JSON is kept unless ``--force``;
+references are recomputed only with ``--force-reference``),
 ``--only mlp-300k`` / ``--ks 100`` / ``--methods curvscope`` / ``--no-reference`` to select,
 ``--table`` to compare the stored cases with the references and print the table.
 """
@@ -295,7 +296,8 @@ def main() -> None:
     p.add_argument("--ks", nargs="*", type=int, default=list(KS))
     p.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="re-run the selected cases even if their JSON exists")
+    p.add_argument("--force-reference", action="store_true", help="recompute the Lanczos references too")
     p.add_argument("--no-reference", action="store_true", help="run the cases before the references")
     p.add_argument("--table", action="store_true", help="only print the table of the stored results")
     p.add_argument("--case", nargs=4, metavar=("WORKLOAD", "METHOD", "K", "N"), help=argparse.SUPPRESS)
@@ -314,7 +316,7 @@ def main() -> None:
         print({c: row.get(c) for c in ("workload", "method", "k", "wall_time", "within_1e-2", "certified_1e-2")})
         return None
     for name in [] if args.no_reference else args.only or list(WORKLOADS):
-        if args.force or not (OUT / f"reference_{name}.json").exists():
+        if args.force_reference or not (OUT / f"reference_{name}.json").exists():
             _subprocess(["--reference", name, "--threads", str(args.threads)], args.threads)
     for name, method, k, n in cases(args):
         if args.force or not (OUT / f"{name}__k{k}__{method}.json").exists():

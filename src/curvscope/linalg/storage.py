@@ -154,8 +154,10 @@ class BasisStorage:
             Qc = self._read(0, n, d0, d1)
             if self.batch == 1:
                 out += Qc[0] @ X[d0:d1]
-            else:
-                out += torch.bmm(Qc, X[d0:d1].T.unsqueeze(-1)).squeeze(-1).T
+            else:  # one gemv per run: bmm on these strided slabs copied them (measured 3x slower SLQ)
+                Xt = X[d0:d1].T.contiguous()
+                for b in range(self.batch):
+                    out[:, b] += torch.mv(Qc[b], Xt[b])
         return out
 
     def combine(self, C: Tensor, stop: int | None = None) -> Tensor:
@@ -180,7 +182,8 @@ class BasisStorage:
             if self.batch == 1:
                 out[d0:d1] = Qc[0].T @ C
             else:
-                out[d0:d1] = torch.bmm(Qc.transpose(1, 2), C.T.unsqueeze(-1)).squeeze(-1).T
+                for b in range(self.batch):
+                    out[d0:d1, b] = torch.mv(Qc[b].T, C[:, b])
         return out
 
     def _check_rotate(self, Y: Tensor) -> tuple[int, int]:
