@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,9 +58,9 @@ def test_demo_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert start(clean).wait(timeout=600) == 0
     a = json.loads((killed / "results.json").read_text())
     b = json.loads((clean / "results.json").read_text())
-    assert [(c["name"], c["measured"], c["passed"]) for c in a["claims"]] == [
-        (c["name"], c["measured"], c["passed"]) for c in b["claims"]
-    ]
+    assert [(c["name"], c["passed"]) for c in a["claims"]] == [(c["name"], c["passed"]) for c in b["claims"]]
+    for ca, cb in zip(a["claims"], b["claims"]):  # equal, up to round-off-sized values printed in the text
+        assert same_up_to_roundoff(ca["measured"], cb["measured"]), (ca, cb)
     for name in ("top_H", "density_H", "density_G"):
         ta, tb = (
             load_tensors(killed / "arrays" / f"{name}.safetensors")[0],
@@ -67,3 +68,16 @@ def test_demo_killed_and_resumed_equals_uninterrupted(tmp_path):
         )
         for key in ta:
             torch.testing.assert_close(ta[key], tb[key], rtol=1e-12, atol=1e-12)
+
+
+def same_up_to_roundoff(a, b, atol=1e-12) -> bool:
+    """Equal measurements, where numbers (also inside strings like '3.5e-16') may differ by ``atol``.
+
+    Products may be computed by differently ordered (equally exact) strategies in two runs —
+    the fastest is chosen by timing — so a quantity at round-off level is not bitwise stable.
+    """
+    number = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+    sa, sb = json.dumps(a, sort_keys=True), json.dumps(b, sort_keys=True)
+    if number.sub("#", sa) != number.sub("#", sb):
+        return False
+    return all(abs(float(x) - float(y)) <= atol for x, y in zip(number.findall(sa), number.findall(sb)))

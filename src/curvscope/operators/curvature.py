@@ -224,7 +224,7 @@ class CurvatureOperator(LinearOperator):
         after the determinism probe has passed, so a random model is still caught.
         """
         K = next(iter(V.values())).shape[0]
-        candidates = [s for s in self._strategy_order if not (s == "vmap" and K == 1)]
+        candidates = [s for s in self._strategy_order if not (s in ("vmap", "cached_batched") and K == 1)]
         if self._probe_pending or getattr(self, "_probing", False):
             candidates = [s for s in candidates if s not in CACHED] or candidates
         # calibrated again once retained graphs become available (after the probe)
