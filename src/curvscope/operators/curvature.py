@@ -16,8 +16,8 @@ A curvature operator is ``(1/N) Σ_b P_b`` where ``P_b`` is the product of batch
 - retained first-order graphs (operators that define ``_gradient_graph``, the Hessian):
   the graph of ``∇ℓ_b`` built with ``create_graph=True`` is kept per batch, so a later
   product is one backward through it instead of forward + backward + double backward
-  (PyHessian's trick; measured 2.3× fewer CPU seconds per HVP on a 300k MLP, 1.4× on a
-  1M CNN). Kept only for a fixed list of batches whose graphs fit in
+  (PyHessian's trick; ``benchmarks/eigen.py`` measured 1.8× fewer CPU seconds per HVP on a
+  301k-parameter MLP, 1.25× on a 1M-parameter CNN). Kept only for a fixed list of batches whose graphs fit in
   ``GRAPH_CACHE_FRACTION`` of the free memory, and only after the determinism probe.
 """
 
