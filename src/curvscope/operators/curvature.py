@@ -118,6 +118,7 @@ class CurvatureOperator(LinearOperator):
             raise ValueError(f"max_block must be >= 1, got {max_block}")
         self.max_block = int(max_block)
         self._probe_pending = probe
+        self._probing = False  # True while the determinism probe recomputes a product
         self._graphs: dict[int, tuple[TangentDict, list[Tensor], list[str], list[int]]] = {}
         self.cache_graphs = self._graph_cache_fits() if cache_graphs is None else bool(cache_graphs)
         if self.cache_graphs and not self._has_graph():
@@ -172,7 +173,7 @@ class CurvatureOperator(LinearOperator):
 
     def _strategies(self) -> list[str]:
         has_autograd = type(self)._autograd_block is not CurvatureOperator._autograd_block
-        cached = list(CACHED) if getattr(self, "cache_graphs", False) else []
+        cached = list(CACHED) if self.cache_graphs else []
         return ["vmap", "loop"] + (["autograd"] if has_autograd else []) + cached
 
     def _graph(self, index: int, inputs: Any, targets: Any, n: int) -> tuple[TangentDict, list[Tensor], list[str]]:
@@ -200,7 +201,7 @@ class CurvatureOperator(LinearOperator):
         leaves, outs, keys = self._graph(index, inputs, targets, n)
         return graph_vjp(leaves, outs, keys, V, batched=strategy == "cached_batched", retain=True)
 
-    def _apply(self, strategy: str, inputs: Any, targets: Any, n: int, V: TangentDict, index: int = 0) -> TangentDict:
+    def _apply(self, strategy: str, inputs: Any, targets: Any, n: int, V: TangentDict, index: int) -> TangentDict:
         if strategy in CACHED:
             return self._apply_cached(strategy, index, inputs, targets, n, V)
         if strategy == "autograd":
@@ -212,7 +213,7 @@ class CurvatureOperator(LinearOperator):
         outs = [self._single_product(state, inputs, targets, n, {k: v[i] for k, v in V.items()}) for i in range(K)]
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
 
-    def _run_block(self, inputs: Any, targets: Any, n: int, V: TangentDict, index: int = 0) -> TangentDict:
+    def _run_block(self, inputs: Any, targets: Any, n: int, V: TangentDict, index: int) -> TangentDict:
         """One batch's product, by the fastest strategy that works for this operator.
 
         Which of vmap / loop / autograd is fastest depends on the model (vmap wins on
@@ -225,7 +226,7 @@ class CurvatureOperator(LinearOperator):
         """
         K = next(iter(V.values())).shape[0]
         candidates = [s for s in self._strategy_order if not (s in ("vmap", "cached_batched") and K == 1)]
-        if self._probe_pending or getattr(self, "_probing", False):
+        if self._probe_pending or self._probing:
             candidates = [s for s in candidates if s not in CACHED] or candidates
         # calibrated again once retained graphs become available (after the probe)
         kind = ("block" if K > 1 else "single") + ("+cached" if any(s in CACHED for s in candidates) else "")
