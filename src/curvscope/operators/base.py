@@ -160,6 +160,18 @@ class LinearOperator:
             )
         return gap
 
+    # --------------------------------------------------------------- fingerprint
+    def fingerprint(self) -> dict:
+        """What this operator measures, as a JSON-ready dict (see :mod:`curvscope.operators.fingerprint`).
+
+        The default describes the type, shape and dtype and folds in every operator, tensor and
+        number the instance holds (so composites such as ``A - σI`` or a deflation describe their
+        parts). Curvature operators add the model, parameters, data and policy.
+        """
+        from curvscope.operators.fingerprint import describe_attributes
+
+        return {"kind": type(self).__name__, "dim": self._dim, "dtype": str(self._dtype), **describe_attributes(self)}
+
     # ------------------------------------------------------------------- exports
     def to_dense(self, max_dim: int = DEFAULT_MAX_DENSE_DIM, chunk_size: int = 256) -> Tensor:
         """Materialise the operator as a ``[D, D]`` tensor by products with identity blocks.
