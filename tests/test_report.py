@@ -26,6 +26,9 @@ def make_run(path):
     run.claim(Claim("gap", "the gap is after C-1", 9, "== 9", True, "Sagun 2016"))
     run.claim(Claim("barrier", "no barrier", 0.3, "<= 0", False))
     run.claim(Claim("trainability", "reported only", 0.5, "n/a", None))
+    run.claim(Claim("level", "a measured level", 0.8, ">= 0.7", True, kind="regression"))
+    run.claim(Claim("psd", "G is PSD", -1e-12, ">= -1e-10", True, kind="sanity"))
+    run.claim(Claim("top", "needs eigsh", 2.0, "> 1", True, inputs={"eigsh H": "max_matvecs"}))
     run.figure(
         Figure(
             "density",
@@ -57,13 +60,54 @@ def test_steps_resume_without_recomputing(tmp_path):
     more = []
     got = again.step("density", lambda: more.append(1) or {})
     assert more == [] and torch.equal(got["pdf"], out["pdf"]) and got["note"] == "x"
-    assert [c["name"] for c in again.results["claims"]] == ["gap", "barrier", "trainability"]
+    assert [c["name"] for c in again.results["claims"]] == ["gap", "barrier", "trainability", "level", "psd", "top"]
 
 
 def test_a_different_config_is_refused(tmp_path):
     make_run(tmp_path / "r")
     with pytest.raises(ValueError, match=r"different config.*\['seed'\]"):
         RunDir(tmp_path / "r", {"experiment": "unit", "scale": "quick", "seed": 1})
+
+
+def test_claim_kinds_and_verdicts():
+    assert Claim("a", "s", 1, "c", True).verdict == "pass" and Claim("a", "s", 1, "c", False).verdict == "fail"
+    assert Claim("a", "s", 1, "c", None, inputs={"eigsh": "unverified"}).verdict == "reported"
+    for status in ("unverified", "max_matvecs", "interrupted", "rank_deficient", "no-such-word"):
+        assert Claim("a", "s", 1, "c", True, inputs={"x": status}).verdict == "inconclusive", status
+        assert Claim("a", "s", 1, "c", False, inputs={"x": status}).verdict == "inconclusive", status
+    for status in ("converged", "completed", "exact", "ok"):  # "ok": the sketch's word before the common one
+        assert Claim("a", "s", 1, "c", True, inputs={"x": status}).verdict == "pass", status
+    d = Claim("a", "s", 1, "c", False, kind="regression").as_dict()
+    assert d["kind"] == "regression" and d["verdict"] == "fail"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Claim("a", "s", 1, "c", True, kind="guess")
+
+
+def test_old_results_stay_readable(tmp_path):
+    """results.json written before kinds and verdicts: read as paper claims, verdicts from 'passed'."""
+    from curvscope.experiments.run import claim_kind, claim_verdict
+
+    old = [{"name": n, "statement": "", "measured": 1, "criterion": "c", "passed": p, "source": ""}
+           for n, p in (("a", True), ("b", False), ("c", None))]  # fmt: skip
+    assert [(claim_kind(c), claim_verdict(c)) for c in old] == [("paper", "pass"), ("paper", "fail"),
+                                                                ("paper", "reported")]  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps({"claims": old, "figures": [], "metrics": {}}))
+    assert "paper: 1 pass, 1 fail, 1 reported" in render(tmp_path).read_text()
+
+
+def test_a_changed_fingerprint_is_refused_naming_the_change(tmp_path):
+    from curvscope.operators.fingerprint import StaleStateError
+
+    cfg = {"experiment": "unit", "scale": "quick", "seed": 0}
+    RunDir(tmp_path / "r", cfg, fingerprint={"config": cfg, "params": {"epochs": 10}})
+    RunDir(tmp_path / "r", cfg, fingerprint={"config": cfg, "params": {"epochs": 10}})  # same: resumes
+    with pytest.raises(StaleStateError, match=r"params\.epochs: 10 -> 20"):
+        RunDir(tmp_path / "r", cfg, fingerprint={"config": cfg, "params": {"epochs": 20}})
+    # a directory with results but no fingerprint (an older curvscope) cannot be checked: refused
+    run, _, _ = make_run(tmp_path / "old")
+    (run.path / "fingerprint.json").unlink()
+    with pytest.raises(StaleStateError, match="carries no fingerprint"):
+        RunDir(run.path, {"experiment": "unit", "scale": "quick", "seed": 0})
 
 
 def test_unwritable_directory_is_refused_before_work(tmp_path):
@@ -78,8 +122,11 @@ def test_render_writes_figures_and_a_self_contained_page(tmp_path):
     page = render(run.path)
     text = page.read_text()
     assert text.count("data:image/png;base64,") == 2
-    assert "1 passed, 1 failed, 1 reported only" in text
+    assert "paper: 1 pass, 1 fail, 1 inconclusive, 1 reported; regression: 1 pass; sanity: 1 pass" in text
     assert 'class="fail"' in text and "Sagun 2016" in text
+    # sanity checks in their own section, after the paper claims and the regression guards
+    assert text.index('id="claims-paper"') < text.index('id="claims-regression"') < text.index('id="claims-sanity"')
+    assert "INCONCLUSIVE" in text and "untrusted inputs: eigsh H: max_matvecs" in text
     for name in ("density", "cos"):
         for ext in ("png", "svg"):
             assert (run.path / "figures" / f"{name}.{ext}").stat().st_size > 1000

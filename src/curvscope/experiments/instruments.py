@@ -15,7 +15,7 @@ from torch import Tensor
 from curvscope.experiments.run import Figure, RunDir, array_ref
 from curvscope.linalg import eigsh, spectral_density, trace
 
-#: Dense eigendecompositions are used up to this dimension (exact spectra, SCIENCE.md).
+#: Dense eigendecompositions are used up to this dimension (exact spectra; 2 CPU cores take ~10-45 s at D = 3000).
 EXACT_MAX_DIM = 4000
 
 
@@ -26,12 +26,16 @@ def eigenpairs(
     k: int,
     *,
     which: str = "LA",
-    tol: float = 1e-6,
+    tol: float | None = None,
     seed: int = 0,
     keep_vectors: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Top (or bottom) ``k`` eigenpairs with residuals ‖Av − λv‖, as step ``name``."""
+    """Top (or bottom) ``k`` eigenpairs with residuals ‖Av − λv‖, as step ``name``.
+
+    ``tol=None`` leaves the tolerance to :func:`curvscope.linalg.eigsh` (its dtype-aware default);
+    the step records the one used and the result's ``status`` (claims read it: see :func:`statuses`).
+    """
 
     def compute() -> dict[str, Any]:
         res = eigsh(op, k=k, which=which, tol=tol, seed=seed, progress=progress)
@@ -40,7 +44,7 @@ def eigenpairs(
             "residuals": res.residuals.double().cpu(),
             "converged": res.converged.double().cpu(),
             "num_matvecs": int(res.num_matvecs),
-            "status": res.status,
+            "status": str(res.status),
             "anorm": float(res.anorm),
             "tol": float(res.tol),
             "wall_time": float(res.wall_time),
@@ -62,9 +66,9 @@ def exact_spectrum(run: RunDir, name: str, op: Any, keep_vectors: bool = False) 
         A = op.to_dense().double().cpu()
         A = (A + A.T) / 2
         if not keep_vectors:
-            return {"eigenvalues": torch.linalg.eigvalsh(A).flip(0), "dim": D}
+            return {"eigenvalues": torch.linalg.eigvalsh(A).flip(0), "dim": D, "status": "exact"}
         lam, Q = torch.linalg.eigh(A)
-        return {"eigenvalues": lam.flip(0), "eigenvectors": Q.flip(1), "dim": D}
+        return {"eigenvalues": lam.flip(0), "eigenvectors": Q.flip(1), "dim": D, "status": "exact"}
 
     return run.step(name, compute)
 
@@ -100,6 +104,7 @@ def density(
             "top_ritz_residual": float(top_res[0]),
             "num_matvecs": int(dens.num_matvecs),
             "wall_time": float(dens.wall_time),
+            "status": str(dens.status),
             "negative_mass": float(dens.mass_below(0.0)),
         }
 
@@ -118,9 +123,19 @@ def trace_estimate(
             "stderr": float(res.stderr),
             "num_matvecs": int(res.num_matvecs),
             "method": method,
+            "status": str(res.status),
         }
 
     return run.step(name, compute)
+
+
+def statuses(**steps: dict[str, Any]) -> dict[str, str]:
+    """``{label: status}`` of saved steps, for :attr:`Claim.inputs` (``statuses(eigsh_H=top)``).
+
+    A step that recorded no status counts as ``"unverified"``: a claim never rests on a result
+    that cannot vouch for itself (dense spectra record ``"exact"``).
+    """
+    return {label: str(values.get("status", "unverified")) for label, values in steps.items()}
 
 
 def density_figure(

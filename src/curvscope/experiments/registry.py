@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from curvscope.experiments.run import RunDir
+from curvscope.experiments.run import RunDir, default_fingerprint
 
 SCALES = ("quick", "full")
 
@@ -38,6 +40,15 @@ class Recipe:
     summary: str
     run: Callable[[RunDir, Context], None]
     papers: str = ""
+    #: ``settings(scale)``: the recipe's parameters at that scale (part of the run's fingerprint).
+    settings: Callable[[str], Any] | None = None
+
+    def params(self, scale: str) -> Any:
+        """The recipe's parameters at ``scale`` as JSON-ready values (``None`` when it declares none)."""
+        if self.settings is None:
+            return None
+        s = self.settings(scale)
+        return dataclasses.asdict(s) if dataclasses.is_dataclass(s) else s
 
 
 EXPERIMENTS: dict[str, Recipe] = {}
@@ -90,7 +101,8 @@ def run_experiment(
         raise RuntimeError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     out = Path(out) if out is not None else Path("runs") / f"{name}-{scale}-seed{seed}"
     config = {"experiment": name, "scale": scale, "seed": seed, "device": str(dev)}
-    run_dir = RunDir(out, config)
+    fingerprint = default_fingerprint(config, params=recipe.params(scale), default_dtype=str(torch.get_default_dtype()))
+    run_dir = RunDir(out, config, fingerprint=fingerprint)
     run_dir.results["title"] = recipe.title
     run_dir.results["summary"] = recipe.summary
     # An application-level choice (process-wide): late-training HVPs run ~4x slower with denormals.

@@ -3,19 +3,32 @@
 A run directory holds everything a report needs, so ``curvscope report`` never recomputes::
 
     RUN/config.json        what was asked (experiment, scale, seed, parameters)
+    RUN/fingerprint.json   what is measured (config, settings, version, checkpoint and data hashes)
     RUN/environment.json   versions, device, threads, start time
-    RUN/results.json       claims (measured, criterion, pass/fail), metrics, figure specs, steps done
+    RUN/results.json       claims (kind, measured, criterion, verdict), metrics, figure specs, steps done
     RUN/arrays/*.safetensors  named tensors (spectra, densities, eigenvectors …)
     RUN/figures/*.png|svg  drawn by the report layer
     RUN/report.html        self-contained report
 
 Every file is written atomically. Steps are resumable: :meth:`RunDir.step` returns the
 saved result of a finished step instead of recomputing it, so a killed run re-run with
-the same directory continues where it stopped.
+the same directory continues where it stopped. A directory whose fingerprint differs from
+the current one (another checkpoint, dataset, settings or curvscope version) is refused with
+an error naming what changed: its finished steps belong to another computation.
+
+Claims have a *kind* and a *verdict* (``docs/science.md``, "Claim kinds and verdicts"):
+
+- kind ``paper``: statement and criterion from the paper (``source`` cites it);
+  ``regression``: a value measured by this project, kept as a guard; ``sanity``: an identity
+  of the implementation (``H = G + H_res``, ``G ⪰ 0`` for cross-entropy, Weyl bounds).
+- verdict ``pass`` / ``fail`` from ``passed``; ``reported`` when ``passed`` is ``None``; and
+  ``inconclusive`` when a result the claim rests on (an eigensolve, a density, a sketch) did
+  not reach a trusted status (:class:`curvscope.common.Status`), whatever ``passed`` says.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -26,15 +39,52 @@ from typing import Any
 
 import torch
 
+from curvscope.common import Status, as_status
 from curvscope.io import atomic_write_json, load_tensors, read_json, save_tensors
+from curvscope.operators.fingerprint import check_fingerprint
+
+KINDS = ("paper", "regression", "sanity")
+VERDICTS = ("pass", "fail", "inconclusive", "reported")
+#: Status words written by older results (before the common vocabulary) that meant "fine".
+_LEGACY_TRUSTED = {"ok": Status.COMPLETED}
+
+
+def trusted(status: Any) -> bool:
+    """Whether a stored status (a :class:`Status`, its string, or a legacy ``"ok"``) may back a claim.
+
+    Unknown words count as untrusted: a claim never rests on a result it cannot vouch for.
+    """
+    if isinstance(status, str) and status in _LEGACY_TRUSTED:
+        return True
+    try:
+        return as_status(status).trusted
+    except ValueError:
+        return False
+
+
+def verdict(passed: bool | None, inputs: dict[str, Any] | None = None) -> str:
+    """``pass`` / ``fail`` / ``reported``, or ``inconclusive`` when an input's status is not trusted."""
+    if passed is None:
+        return "reported"
+    if inputs and not all(trusted(s) for s in inputs.values()):
+        return "inconclusive"
+    return "pass" if passed else "fail"
 
 
 @dataclass
 class Claim:
-    """One checkable statement from a paper, with what was measured here.
+    """One checkable statement, with what was measured here, its kind and its verdict.
 
-    ``passed`` is ``None`` for a quantity that is reported but deliberately not asserted
-    (SCIENCE.md says which).
+    Attributes:
+        name: identifier, unique within a run.
+        statement: what is claimed, in words.
+        measured: the measured values (JSON-ready).
+        criterion: the test applied to ``measured``.
+        passed: the test's outcome; ``None`` for a quantity that is reported, not asserted.
+        source: the paper section or figure (``paper``), or what the guard protects.
+        kind: ``"paper"``, ``"regression"`` or ``"sanity"`` (see the module docstring).
+        inputs: status of every result the claim rests on (``{"eigsh H": "converged"}``); one
+            untrusted status makes the verdict ``inconclusive``.
     """
 
     name: str
@@ -43,10 +93,34 @@ class Claim:
     criterion: str
     passed: bool | None
     source: str = ""
+    kind: str = "paper"
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.passed is not None:
+            self.passed = bool(self.passed)
+        self.inputs = {k: str(v) for k, v in self.inputs.items()}
+
+    @property
+    def verdict(self) -> str:
+        """``pass``, ``fail``, ``inconclusive`` or ``reported``."""
+        return verdict(self.passed, self.inputs)
 
     def as_dict(self) -> dict:
-        """JSON-ready dict."""
-        return asdict(self)
+        """JSON-ready dict (with the derived ``verdict``)."""
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def claim_kind(claim: dict) -> str:
+    """The kind of a stored claim (results written before kinds existed: ``paper``)."""
+    return claim.get("kind", "paper")
+
+
+def claim_verdict(claim: dict) -> str:
+    """The verdict of a stored claim (older results: derived from ``passed``)."""
+    return claim.get("verdict") or verdict(claim.get("passed"), claim.get("inputs"))
 
 
 @dataclass
@@ -106,9 +180,13 @@ class RunDir:
             writing and removing a probe file, before any computation.
         config: written to ``config.json``. Re-opening a directory with a different config
             is refused (its finished steps belong to another computation).
+        fingerprint: what is measured, written to ``fingerprint.json`` (default: the config
+            without its output options, and the curvscope version). Re-opening a directory
+            whose fingerprint differs raises :class:`~curvscope.operators.fingerprint.StaleStateError`
+            naming each change.
     """
 
-    def __init__(self, path: str | os.PathLike, config: dict | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, config: dict | None = None, fingerprint: dict | None = None) -> None:
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -132,6 +210,7 @@ class RunDir:
                     )
             else:
                 atomic_write_json(cfg_path, config)
+            self._check_fingerprint(fingerprint if fingerprint is not None else default_fingerprint(config))
             if not (self.path / "environment.json").exists():
                 atomic_write_json(self.path / "environment.json", environment())
         self._results = read_json(self.results_path) if self.results_path.exists() else {}
@@ -139,6 +218,16 @@ class RunDir:
         self._results.setdefault("metrics", {})
         self._results.setdefault("figures", [])
         self._results.setdefault("steps", {})
+
+    def _check_fingerprint(self, current: dict) -> None:
+        current = json.loads(json.dumps(current, default=str))  # as it reads back (tuples -> lists)
+        path = self.path / "fingerprint.json"
+        if path.exists():
+            check_fingerprint(read_json(path), current, f"run directory {self.path}")
+        elif (self.path / "results.json").exists():
+            check_fingerprint(None, current, f"run directory {self.path}")  # raises: cannot be checked
+        else:
+            atomic_write_json(path, current)
 
     # ------------------------------------------------------------------ state
     @property
@@ -213,6 +302,11 @@ class RunDir:
         self._results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._results.update(extra)
         self.flush()
+
+
+def default_fingerprint(config: dict, **extra: Any) -> dict:
+    """What a run measures: its config (minus output options), the curvscope version, and ``extra``."""
+    return {"config": _strip(config), "curvscope": __import__("curvscope").__version__, **extra}
 
 
 def _strip(cfg: dict) -> dict:

@@ -1,4 +1,9 @@
-"""A self-contained ``report.html`` from a run directory: figures inlined, claims table, config."""
+"""A self-contained ``report.html`` from a run directory: figures inlined, claims tables, config.
+
+Claims are shown by kind (``docs/science.md``, "Claim kinds and verdicts"): paper claims first,
+then the project's regression guards, then the sanity checks of the implementation in their
+own section; each row shows its kind and verdict (pass, fail, inconclusive, reported).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import json
 import os
 from pathlib import Path
 
+from curvscope.experiments.run import claim_kind, claim_verdict, trusted
 from curvscope.io import atomic_write_bytes, read_json
 from curvscope.report.figures import ArrayResolver, draw
 
@@ -16,7 +22,8 @@ body{font-family:system-ui,-apple-system,sans-serif;max-width:1100px;margin:2em 
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
 table{border-collapse:collapse;width:100%;font-size:.9em}td,th{border:1px solid #ddd;padding:.35em .5em;
 vertical-align:top;text-align:left}th{background:#f4f4f4}.pass{background:#e3f6e3}.fail{background:#fde2e2}
-.info{background:#eef2fb}figure{display:inline-block;width:48%;margin:.5%;vertical-align:top}
+.info{background:#eef2fb}.inconclusive{background:#fff4d6}.note{background:#fff4d6;border:1px solid #e0b400;
+padding:.5em}figure{display:inline-block;width:48%;margin:.5%;vertical-align:top}
 figure img{width:100%;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}.summary{font-size:1.05em}
 """
@@ -31,10 +38,61 @@ LOAD_CHECK = (
 )
 
 
-def _verdict(passed) -> tuple[str, str]:
-    if passed is None:
-        return "info", "reported"
-    return ("pass", "PASS") if passed else ("fail", "FAIL")
+#: CSS class and label of each verdict.
+VERDICT_STYLE = {
+    "pass": ("pass", "PASS"),
+    "fail": ("fail", "FAIL"),
+    "inconclusive": ("inconclusive", "INCONCLUSIVE"),
+    "reported": ("info", "reported"),
+}
+SECTIONS = (
+    ("paper", "Paper claims", "Statements and criteria from the papers (cited in 'source')."),
+    ("regression", "Regression guards", "Values measured by this project, kept as guards: not verdicts on the papers."),
+    ("sanity", "Sanity checks", "Identities of the implementation (H = G + H_res, G ⪰ 0, Weyl bounds, certificates)."),
+)
+
+
+def claim_counts(claims: list[dict]) -> dict[str, dict[str, int]]:
+    """``{kind: {verdict: count}}`` over stored claims."""
+    out = {kind: dict.fromkeys(VERDICT_STYLE, 0) for kind, _, _ in SECTIONS}
+    for c in claims:
+        out.setdefault(claim_kind(c), dict.fromkeys(VERDICT_STYLE, 0))[claim_verdict(c)] += 1
+    return out
+
+
+def _claims_html(claims: list[dict]) -> str:
+    parts = []
+    for kind, title, blurb in SECTIONS:
+        rows = []
+        for c in (c for c in claims if claim_kind(c) == kind):
+            cls, word = VERDICT_STYLE[claim_verdict(c)]
+            inputs = c.get("inputs") or {}
+            bad = [f"{k}: {v}" for k, v in inputs.items() if word == "INCONCLUSIVE" and not trusted(v)]
+            extra = f"<br><small>untrusted inputs: {html.escape('; '.join(bad))}</small>" if bad else ""
+            rows.append(
+                f'<tr class="{cls}"><td>{html.escape(c["name"])}</td><td>{kind}</td>'
+                f"<td>{html.escape(c.get('statement', ''))}</td><td>{_fmt(c.get('measured'))}</td>"
+                f"<td>{html.escape(c.get('criterion', ''))}</td><td>{word}{extra}</td>"
+                f"<td>{html.escape(c.get('source', ''))}</td></tr>"
+            )
+        if rows:
+            parts.append(
+                f'<h2>{title}</h2><p>{html.escape(blurb)}</p><table id="claims-{kind}"><tr><th>claim</th><th>kind</th>'
+                "<th>statement</th><th>measured</th><th>criterion</th><th>verdict</th><th>source</th></tr>"
+                + "".join(rows)
+                + "</table>"
+            )
+    return "".join(parts) or "<h2>Claims</h2><p>(no claims)</p>"
+
+
+def _counts_line(claims: list[dict]) -> str:
+    counts = claim_counts(claims)
+    pieces = []
+    for kind, _, _ in SECTIONS:
+        n = counts[kind]
+        if sum(n.values()):
+            pieces.append(f"{kind}: " + ", ".join(f"{v} {k}" for k, v in n.items() if v))
+    return "; ".join(pieces) or "none"
 
 
 def _fmt(value) -> str:
@@ -72,16 +130,7 @@ def render(run_path: str | os.PathLike) -> Path:
         )
 
     claims = results.get("claims", [])
-    rows = []
-    for c in claims:
-        cls, word = _verdict(c.get("passed"))
-        rows.append(
-            f'<tr class="{cls}"><td>{html.escape(c["name"])}</td><td>{html.escape(c.get("statement", ""))}</td>'
-            f"<td>{_fmt(c.get('measured'))}</td><td>{html.escape(c.get('criterion', ''))}</td><td>{word}</td>"
-            f"<td>{html.escape(c.get('source', ''))}</td></tr>"
-        )
-    passed = sum(1 for c in claims if c.get("passed") is True)
-    failed = sum(1 for c in claims if c.get("passed") is False)
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in results.get("notes", []))
     title = html.escape(results.get("title") or config.get("experiment", "curvscope run"))
     metrics = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in results.get("metrics", {}).items()
@@ -90,10 +139,9 @@ def render(run_path: str | os.PathLike) -> Path:
 <style>{CSS}</style></head><body>
 <h1>{title}</h1>
 <p class="summary">{html.escape(results.get("summary", ""))}</p>
-<p class="summary"><b>Claims:</b> {passed} passed, {failed} failed, {len(claims) - passed - failed} reported only.</p>
-<h2>Claims</h2>
-<table id="claims"><tr><th>claim</th><th>statement</th><th>measured</th><th>criterion</th><th>verdict</th>
-<th>source</th></tr>{"".join(rows)}</table>
+{notes}
+<p class="summary"><b>Claims</b> ({html.escape(_counts_line(claims))}).</p>
+{_claims_html(claims)}
 <h2>Figures</h2>
 {"".join(figures_html) or "<p>(no figures)</p>"}
 <h2>Measurements</h2><table>{metrics}</table>
