@@ -21,6 +21,19 @@ Broadening conventions (``Density.pdf``):
 - ``"pyhessian"``: ``σ² = 1e-5 · max(1, λmax − λmin)`` used as the kernel variance, the
   curve renormalised to integrate to one on the grid (Ghorbani et al. / PyHessian).
 - ``"gaussian"`` with an explicit standard deviation ``sigma``.
+
+Resolution (``Density.resolution``, eigenvalue units): a density cannot tell an eigenvalue at
+``±r`` from one at 0 when ``r`` is below
+
+    resolution = √(w² + (noise_floor · ‖A‖)²)
+
+with ``w`` the kernel width — SLQ: Papyan's ``σ`` above, ``(2/(m−1))/√(8 ln 3) · (λmax−λmin)(1.1)/2``;
+KPM: the Jackson kernel's width ``π b / (M + 1)`` for ``M`` moments on ``[a − b, a + b]`` — and
+``noise_floor`` the operator's relative noise (``A.noise_floor``: round-off or data noise of its
+products, ``None`` when unknown), ``‖A‖ ≈ max(|λmin|, |λmax|)``. Sign questions are asked
+outside that band: :meth:`Density.negative_mass` is the mass below ``−resolution`` (a Ritz node
+standing for a huge near-zero cluster may sit at ``−1e-4 · λmax`` and would otherwise count
+the whole cluster as negative curvature).
 """
 
 from __future__ import annotations
@@ -34,16 +47,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvscope.common import SeedLike, Status, as_status, make_generator, make_progress
 from curvscope.io import load_tensors, save_tensors
-from curvscope.linalg.checkpoint import jsonable, load_state, save_state
-from curvscope.linalg.eigsh import make_progress
-from curvscope.linalg.lanczos import check_operator, lanczos
-from curvscope.linalg.sampling import SeedLike, make_generator, probes
+from curvscope.linalg import density_runs as runs
+from curvscope.linalg.lanczos import check_operator
+from curvscope.linalg.precision import WorkDtype, measured_noise_floor, promote, resolve_work_dtype
+from curvscope.linalg.results import FloatResult
 from curvscope.linalg.storage import StorageFactory
 
 METHODS = ("slq", "kpm")
 SLQ_BROADENINGS = ("papyan", "pyhessian", "gaussian")
-KPM_KERNELS = ("jackson", "lorentz", "none")
+KPM_KERNELS = runs.KPM_KERNELS
 
 F64 = torch.float64
 
@@ -76,21 +90,27 @@ def wasserstein1(nodes: Tensor, weights: Tensor, eigenvalues: Tensor) -> float:
     return float((diff[:-1].abs() * (pts[1:] - pts[:-1])).sum())
 
 
-def _jackson(M: int) -> Tensor:
-    k = torch.arange(M, dtype=F64)
-    q = math.pi / (M + 1)
-    return ((M - k + 1) * torch.cos(q * k) + torch.sin(q * k) / math.tan(q)) / (M + 1)
+@dataclass(frozen=True, eq=False)
+class BandedMass(FloatResult):
+    """A mass of a density (a fraction of eigenvalues) with ``|λ| ≤ band`` counted as zero.
 
+    Also a ``float`` equal to ``value``.
 
-def _kernel(name: str, M: int) -> Tensor:
-    if name == "jackson":
-        return _jackson(M)
-    if name == "lorentz":
-        lam = 4.0
-        return torch.sinh(lam * (1 - torch.arange(M, dtype=F64) / M)) / math.sinh(lam)
-    if name == "none":
-        return torch.ones(M, dtype=F64)
-    raise ValueError(f"unknown KPM kernel {name!r}; valid: {KPM_KERNELS}")
+    Attributes:
+        value: the fraction, band applied (e.g. the mass below ``−band`` for a negative mass).
+        threshold: the ``t`` of "fraction ``≤ t``" (0 for a negative mass).
+        band: half-width of the band around 0 treated as zero (eigenvalue units).
+        raw: the same fraction without the band (what :meth:`Density.mass_below` says).
+        within_band: mass with ``|λ| ≤ band``.
+        note: in words, what was counted as zero and why.
+    """
+
+    value: float
+    threshold: float
+    band: float
+    raw: float
+    within_band: float
+    note: str
 
 
 @dataclass(frozen=True)
@@ -108,8 +128,11 @@ class Density:
         num_steps: Lanczos steps (SLQ) or Chebyshev products (KPM) per probe.
         num_matvecs: products spent (including the KPM range estimate).
         wall_time: seconds.
-        status: ``"completed"``, ``"interrupted"`` or ``"range_exceeded"`` (KPM).
+        status: a :class:`~curvscope.common.Status`: ``completed``, ``interrupted``, or
+            ``range_exceeded`` (KPM: the spectrum left the rescaling interval).
         message: what happened.
+        noise_floor: the operator's relative noise floor (``A.noise_floor``), or ``None``.
+        work_dtype: the dtype of the Krylov/Chebyshev arithmetic (e.g. ``"torch.float64"``).
     """
 
     method: str
@@ -122,8 +145,10 @@ class Density:
     num_steps: int
     num_matvecs: int
     wall_time: float
-    status: str
+    status: Status
     message: str
+    noise_floor: float | None = None
+    work_dtype: str | None = None
 
     # ---------------------------------------------------------------- helpers
     def _need(self, method: str, what: str) -> None:
@@ -149,6 +174,94 @@ class Density:
             return math.sqrt(1e-5 * max(1.0, width + 0.02))
         raise ValueError(f"broadening {broadening!r} has no rule; valid: {SLQ_BROADENINGS} (gaussian needs sigma)")
 
+    # ------------------------------------------------------------- resolution
+    @property
+    def norm(self) -> float:
+        """``‖A‖₂`` estimate ``max(|lo|, |hi|)`` of the spectral range (SLQ: Ritz bounds)."""
+        return max(abs(self.spectral_range[0]), abs(self.spectral_range[1]))
+
+    @property
+    def kernel_width(self) -> float:
+        """The kernel's width ``w`` (SLQ: Papyan's ``σ``; KPM: Jackson's ``π b/(M + 1)``), eigenvalue units."""
+        if self.method == "kpm":
+            return math.pi * self._rescale()[1] / (self.moments.shape[1] + 1)
+        return self.sigma("papyan")
+
+    @property
+    def resolution(self) -> float:
+        """``√(w² + (noise_floor·‖A‖)²)``: eigenvalues closer than this to 0 cannot be told from 0.
+
+        ``w`` is :attr:`kernel_width`; the noise term is dropped when the operator states no
+        ``noise_floor``. See the module doc.
+        """
+        noise = 0.0 if self.noise_floor is None else self.noise_floor * self.norm
+        return math.hypot(self.kernel_width, noise)
+
+    def _band_note(self, band: float, given: bool) -> str:
+        if given:
+            return f"|λ| ≤ {band:.3g} (given band) counted as zero"
+        parts = f"kernel width {self.kernel_width:.3g}"
+        if self.noise_floor is not None:
+            parts += f", noise floor {self.noise_floor:.2g}·‖A‖ = {self.noise_floor * self.norm:.3g}"
+        return f"|λ| ≤ {band:.3g} (the density's resolution: {parts}) counted as zero"
+
+    def _below(self, x: float, strict: bool = False) -> float:
+        x = math.nextafter(x, -math.inf) if strict else x
+        return float(self.cdf(torch.tensor([x], dtype=F64))[0].clamp(0, 1))
+
+    def _banded(self, value: float, t: float, band: float, given: bool, what: str) -> BandedMass:
+        within = max(0.0, self._below(band) - self._below(-band, strict=True))
+        raw = self.mass_below(t)
+        note = (
+            f"{self._band_note(band, given)}: {within:.1%} of the mass lies in that band; "
+            f"{what}: {value:.3g} (without the band: {raw:.3g})"
+        )
+        return BandedMass(value, t, band, raw, within, note)
+
+    def fraction_below(self, t: float, band: float | None = None) -> BandedMass:
+        """Fraction of eigenvalues ``≤ t`` with ``|λ| ≤ band`` counted as exactly zero.
+
+        Args:
+            t: threshold (eigenvalue units).
+            band: half-width of the zero band (default :attr:`resolution`).
+
+        Example:
+            >>> import torch
+            >>> from curvscope.operators import DenseOperator
+            >>> lam = torch.cat([torch.full((90,), -1e-9), torch.full((10,), -1.0), torch.tensor([5.0])]).double()
+            >>> rho = spectral_density(DenseOperator(torch.diag(lam)), num_probes=20, num_steps=10, seed=0)
+            >>> rho.mass_below(-1e-12) > 0.8, rho.fraction_below(-1e-12).value < 0.2
+            (True, True)
+        """
+        given = band is not None
+        band, t = (self.resolution if band is None else abs(float(band))), float(t)
+        if t < -band:
+            value = self.mass_below(t)
+        elif t < 0:  # in (−band, 0): only eigenvalues below the band lie below t
+            value = self._below(-band, strict=True)
+        else:
+            value = self._below(max(t, band))
+        return self._banded(value, t, band, given, f"fraction ≤ {t:.3g}")
+
+    def negative_mass(self, band: float | None = None) -> BandedMass:
+        """Fraction of eigenvalues below ``−band`` (default ``band`` = :attr:`resolution`).
+
+        ``value`` is the mass strictly below ``−band``; ``raw`` is :meth:`mass_below` ``(0)``,
+        which counts a near-zero cluster whose Ritz node fell just below 0 as negative curvature.
+
+        Example:
+            >>> import torch
+            >>> from curvscope.operators import DenseOperator
+            >>> lam = torch.cat([torch.full((90,), -1e-9), torch.full((10,), -1.0), torch.tensor([5.0])]).double()
+            >>> rho = spectral_density(DenseOperator(torch.diag(lam)), num_probes=20, num_steps=10, seed=0)
+            >>> neg = rho.negative_mass()
+            >>> neg.raw > 0.8, abs(neg.value - 10 / 101) < 0.1
+            (True, True)
+        """
+        given = band is not None
+        band = self.resolution if band is None else abs(float(band))
+        return self._banded(self._below(-band, strict=True), 0.0, band, given, "fraction < 0")
+
     # ---------------------------------------------------------------- queries
     def pdf(self, grid: Any, broadening: str | None = None, sigma: float | None = None, kappa: float = 3.0) -> Tensor:
         """The smoothed density on ``grid`` ``[G]`` (float64, integrates to ≈ 1).
@@ -164,7 +277,7 @@ class Density:
         if self.method == "kpm":
             if sigma is not None:
                 raise ValueError("KPM is smoothed by its damping kernel: pass broadening='jackson'|'lorentz'")
-            mu = self.moments.mean(0) * _kernel(broadening or "jackson", self.moments.shape[1])
+            mu = self.moments.mean(0) * runs.kernel(broadening or "jackson", self.moments.shape[1])
             a, b = self._rescale()
             x = (t - a) / b
             inside = x.abs() < 1
@@ -197,7 +310,7 @@ class Density:
         """
         t = _as_t(t)
         if self.method == "kpm":
-            mu = self.moments.mean(0) * _kernel(broadening or "jackson", self.moments.shape[1])
+            mu = self.moments.mean(0) * runs.kernel(broadening or "jackson", self.moments.shape[1])
             a, b = self._rescale()
             phi = torch.arccos(((t - a) / b).clamp(-1, 1))
             k = torch.arange(1, mu.numel(), dtype=F64)
@@ -269,108 +382,17 @@ class Density:
         """Write to a safetensors file atomically."""
         tensors = {k: getattr(self, k) for k in ("nodes", "weights", "node_residuals", "moments")}
         tensors = {k: v for k, v in tensors.items() if v is not None}
-        keys = ("method", "dim", "spectral_range", "num_steps", "num_matvecs", "wall_time", "status", "message")
+        keys = ("method", "dim", "spectral_range", "num_steps", "num_matvecs", "wall_time", "status", "message",
+                "noise_floor", "work_dtype")  # fmt: skip
         save_tensors(path, tensors, {k: getattr(self, k) for k in keys})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Density:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save` (files of older versions lack the noise floor: ``None``)."""
         t, meta = load_tensors(path)
         meta["spectral_range"] = tuple(meta["spectral_range"])
+        meta["status"] = as_status(meta["status"])
         return cls(**{k: t.get(k) for k in ("nodes", "weights", "node_residuals", "moments")}, **meta)
-
-
-def _unit_probes(kind: str, D: int, P: int, gen: torch.Generator, dtype, device) -> Tensor:
-    V = probes(kind, D, P, gen, dtype, device)
-    return V / V.norm(dim=0, keepdim=True)
-
-
-def _slq(A, D, dtype, device, num_probes, num_steps, gen, probe, block_size, storage, bar, checkpoint=None):
-    V = _unit_probes(probe, D, num_probes, gen, dtype, device)
-    m = min(num_steps, D)
-    nodes, weights, resid = (torch.zeros(num_probes, m, dtype=F64) for _ in range(3))
-    matvecs, status, msgs = 0, "completed", []
-    bs = num_probes if block_size is None else max(1, int(block_size))
-    config = {"D": D, "num_probes": num_probes, "num_steps": m, "probe": probe, "block_size": bs,
-              "dtype": jsonable(dtype)}  # fmt: skip
-    start = 0
-    state = load_state(checkpoint, config, gen)  # finished probe blocks are never recomputed
-    if state is not None:
-        tensors, values = state
-        start, matvecs = int(values["done"]), int(values["matvecs"])
-        nodes[:start], weights[:start], resid[:start] = tensors["nodes"], tensors["weights"], tensors["resid"]
-        bar.update(matvecs)
-    for s in range(start, num_probes, bs):
-        base = matvecs
-        res = lanczos(
-            A, m, V[:, s : s + bs], seed=gen, storage=storage, breakdown="stop", keep_basis=False,
-            callback=lambda step, mv, base=base: bar.update(base + mv - bar.n),
-        )  # fmt: skip
-        matvecs += res.num_matvecs
-        for b in range(res.num_runs):
-            theta, S, r = res.ritz(b)
-            n = theta.numel()
-            nodes[s + b, :n], weights[s + b, :n], resid[s + b, :n] = theta, S[0] ** 2, r
-        if res.status == "interrupted":
-            status = "interrupted"
-            msgs.append(f"interrupted in probes {s}..{s + bs - 1}; later probes were not run")
-            nodes, weights, resid = nodes[: s + res.num_runs], weights[: s + res.num_runs], resid[: s + res.num_runs]
-            break
-        if res.status == "invariant_subspace":
-            msgs.append(res.message)
-        if checkpoint is not None:
-            done = min(s + bs, num_probes)
-            save_state(checkpoint, config, gen, {"nodes": nodes[:done], "weights": weights[:done],
-                       "resid": resid[:done]}, {"done": done, "matvecs": matvecs})  # fmt: skip
-    valid = weights > 0
-    lo, hi = float(nodes[valid].min()), float(nodes[valid].max())
-    msg = "; ".join(msgs) or f"{nodes.shape[0]} probes x {m} Lanczos steps"
-    return Density("slq", D, (lo, hi), nodes, weights, resid, None, m, matvecs, 0.0, status, msg)
-
-
-def _kpm(A, D, dtype, device, num_probes, num_steps, gen, probe, spectral_range, margin, range_steps, bar):
-    matvecs = 0
-    if spectral_range is None:
-        res = lanczos(A, min(range_steps, D), seed=gen, keep_basis=False)
-        matvecs += res.num_matvecs
-        theta, _, r = res.ritz()
-        lo, hi = float(theta[0] - r[0]), float(theta[-1] + r[-1])
-        pad = margin * max(hi - lo, 1e-12 * max(abs(hi), 1.0))
-        lo, hi = lo - pad, hi + pad
-    else:
-        lo, hi = map(float, spectral_range)
-    a, b = 0.5 * (hi + lo), 0.5 * (hi - lo)
-    V = _unit_probes(probe, D, num_probes, gen, dtype, device)
-
-    def apply(X):
-        return (A @ X - a * X) / b
-
-    M = 2 * num_steps + 1
-    mu = torch.zeros(M, num_probes, dtype=dtype, device=device)
-    T0, T1 = V, apply(V)
-    matvecs += num_probes
-    bar.update(num_probes)
-    mu[0] = (T0 * T0).sum(0)
-    mu[1] = (T1 * T0).sum(0)
-    growth = 1.0
-    for k in range(1, num_steps):
-        mu[2 * k] = 2 * (T1 * T1).sum(0) - mu[0]
-        T2 = 2 * apply(T1) - T0
-        matvecs += num_probes
-        bar.update(num_probes)
-        mu[2 * k + 1] = 2 * (T2 * T1).sum(0) - mu[1]
-        T0, T1 = T1, T2
-        growth = max(growth, float(T1.norm(dim=0).max()))
-    mu[2 * num_steps] = 2 * (T1 * T1).sum(0) - mu[0]
-    growth = max(growth, float(mu.abs().max()))
-    status, msg = "completed", f"{num_probes} probes x {num_steps} Chebyshev products ({M} moments)"
-    if growth > 10.0:
-        status = "range_exceeded"
-        msg = (
-            f"Chebyshev vectors grew to {growth:.3g}: the spectrum leaves [{lo:.4g}, {hi:.4g}]; pass a wider "
-            f"spectral_range, a larger margin, or more range_steps"
-        )
-    return Density("kpm", D, (lo, hi), None, None, None, mu.T.to("cpu", F64), num_steps, matvecs, 0.0, status, msg)
 
 
 def spectral_density(
@@ -388,28 +410,34 @@ def spectral_density(
     range_steps: int = 30,
     progress: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
+    work_dtype: WorkDtype = "auto",
 ) -> Density:
     """Estimate the spectral density of a symmetric operator.
 
     Args:
-        A: symmetric operator (``@``, ``shape``, ``dtype``, ``device``).
+        A: symmetric operator (``@``, ``shape``, ``dtype``, ``device``); an optional
+            ``A.noise_floor`` (relative to ``‖A‖``) widens :attr:`Density.resolution`.
         method: ``"slq"`` (Lanczos quadrature, full reorthogonalisation) or ``"kpm"``.
         num_probes: random unit probes ``P`` (normalised Rademacher by default).
         num_steps: Lanczos steps (SLQ) or Chebyshev products (KPM, ``2·num_steps + 1``
             moments) per probe; the cost is ``P · num_steps`` products.
-        seed: seed or generator for the probes.
+        seed: int or ``torch.Generator`` for the probes.
         probe: ``"rademacher"``, ``"gaussian"`` or ``"sphere"`` (all normalised to unit length).
-        block_size: SLQ probes per block product (default all): memory is
-            ``block_size · (num_steps + 1) · D`` numbers in ``storage``.
+        block_size: probes per block product (default all). SLQ memory is
+            ``block_size · (num_steps + 1) · D`` numbers in ``storage``; KPM ``3 · block_size · D``.
         storage: SLQ basis storage (``"device"``, ``"host"``, ``"disk"`` or a factory).
         spectral_range: KPM rescaling interval; default: a ``range_steps``-step Lanczos run
             (Ritz bounds ± residuals) plus ``margin``.
         margin: relative KPM margin.
         range_steps: Lanczos steps for the KPM range.
-        progress: show a progress bar (default: only on a terminal).
+        progress: show a progress bar (default ``None``: only on a terminal).
         checkpoint: SLQ only: a file where finished probe blocks are saved (atomically) after
-            each block; a killed run called again with the same file skips them and gives the
-            result of an uninterrupted run. Use ``block_size`` to set the granularity.
+            each block, with the operator's fingerprint; a killed run called again with the same
+            file skips them and gives the result of an uninterrupted run. A checkpoint made for
+            another operator raises :class:`~curvscope.operators.fingerprint.StaleStateError`.
+            Use ``block_size`` to set the granularity.
+        work_dtype: dtype of probes, Lanczos basis and Chebyshev vectors (``"auto"``: float64
+            when it fits; see :mod:`curvscope.linalg.precision`). Products run in ``A.dtype``.
 
     Returns:
         A :class:`Density`.
@@ -425,19 +453,22 @@ def spectral_density(
         True
     """
     t0 = time.perf_counter()
-    D, dtype, device = check_operator(A)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if num_probes < 1 or num_steps < 1:
-        raise ValueError(f"num_probes and num_steps must be positive, got {num_probes} and {num_steps}")
+    D, _, _ = check_operator(A)
+    runs.check_arguments(method, num_probes, num_steps, storage, spectral_range, margin, range_steps, checkpoint)
+    bs = num_probes if block_size is None else max(1, min(int(block_size), num_probes))
+    keep = bs * (min(num_steps, D) + 1) if method == "slq" else 4 * bs
+    where = storage if method == "slq" else "device"
+    wd = resolve_work_dtype(work_dtype, A.dtype, D, keep, where, A.device, f"spectral_density({method})")
+    W = promote(A, wd)
     gen = make_generator(seed)
     total = num_probes * min(num_steps, D) + (range_steps if method == "kpm" and spectral_range is None else 0)
     bar = make_progress(total, progress, f"{method} density")
     try:
         if method == "slq":
-            out = _slq(A, D, dtype, device, num_probes, num_steps, gen, probe, block_size, storage, bar, checkpoint)
+            out = runs.run_slq(W, A, num_probes, num_steps, gen, probe, block_size, storage, bar, checkpoint)
         else:
-            out = _kpm(A, D, dtype, device, num_probes, num_steps, gen, probe, spectral_range, margin, range_steps, bar)
+            out = runs.run_kpm(W, num_probes, num_steps, gen, probe, spectral_range, margin, range_steps,
+                               block_size, bar)  # fmt: skip
     finally:
         bar.close()
-    return Density(**{**out.__dict__, "wall_time": time.perf_counter() - t0})
+    return Density(**out, wall_time=time.perf_counter() - t0, noise_floor=measured_noise_floor(A), work_dtype=str(wd))
