@@ -60,6 +60,44 @@ def test_analyze_on_a_user_model(tmp_path, checkpoint):
     assert claims["eigenpairs_certified"]["passed"] is True
     assert results["metrics"]["num_parameters"] == 64 * 12 + 12 + 12 * 10 + 10
     assert (out / "figures" / "density.png").exists()
+    assert results["metrics"]["checkpoint_sha256"] and "initialisation" not in (out / "report.html").read_text()
+
+
+def test_analyze_refuses_to_resume_with_a_changed_checkpoint(tmp_path, checkpoint):
+    """Same path, same arguments, other weights: the run directory's fingerprint names the change."""
+    ckpt, out = tmp_path / "w.safetensors", tmp_path / "run"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    args = (
+        *ANALYZE[:-6],
+        "--top-k",
+        "2",
+        "--dtype",
+        "float64",
+        "--quiet",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+    )
+    assert cli(*args, cwd=tmp_path).returncode == 0
+    from cli_models import small_mlp
+
+    state = {k: v.contiguous() + 0.01 for k, v in small_mlp().state_dict().items()}
+    save_file(state, ckpt)
+    res = cli(*args, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "checkpoint_sha256" in res.stderr and "what changed" in res.stderr, res.stderr
+
+
+def test_analyze_without_checkpoint_says_it_measures_the_initialisation(tmp_path):
+    out = tmp_path / "run"
+    res = cli(*ANALYZE[:-6], "--top-k", "2", "--dtype", "float64", "--quiet", "--out", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "warning" in res.stderr and "INITIALISATION" in res.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert any("INITIALISATION" in n for n in results["notes"])
+    assert results["metrics"]["checkpoint"] == "none: initialisation"
+    assert "INITIALISATION" in (out / "report.html").read_text()
 
 
 @pytest.mark.skipif(
@@ -124,31 +162,44 @@ def test_report_and_list_and_errors(tmp_path, checkpoint):
 
 
 def test_reproduce_all_ends_with_a_summary(tmp_path, monkeypatch, capsys):
-    """`reproduce all` prints one line per experiment, names every failed claim, writes summary.json;
-    --strict turns a failed claim into exit status 1. Two tiny recipes stand in for the papers."""
+    """`reproduce all` prints claims per kind and verdict, names failed and inconclusive paper claims and
+    writes summary.json; it exits 1 when a paper claim fails or is inconclusive, 0 with --keep-going,
+    and regression or sanity failures alone do not change the exit status. Tiny recipes stand in."""
     import curvscope.experiments as experiments
     from curvscope.cli.main import main
     from curvscope.experiments.registry import EXPERIMENTS, Recipe, register
     from curvscope.experiments.run import Claim
 
-    def recipe(name, ok):
+    def recipe(name, ok, status="converged"):
         def run(rd, ctx):
             rd.claim(Claim("holds", "a true statement", 1.0, "= 1", True))
             rd.claim(Claim("shaky", "a statement that may fail", 0.5, "≥ 1", ok))
+            rd.claim(Claim("unsure", "rests on an eigensolve", 2.0, "> 1", True, inputs={"eigsh": status}))
             rd.claim(Claim("info", "a reported quantity", 3.0, "reported, not asserted", None))
+            rd.claim(Claim("guard", "a measured level", 0.5, "≥ 1", False, kind="regression"))
+            rd.claim(Claim("identity", "H = G + H_res", 1e-15, "≤ 1e-10", True, kind="sanity"))
 
         return register(Recipe(name, f"test {name}", "a stand-in", run), overwrite=True)
 
     try:
-        recipe("zz_good", True), recipe("zz_bad", False)
-        monkeypatch.setattr(experiments, "names", lambda: ["zz_bad", "zz_good"])
-        assert main(["reproduce", "all", "--out", str(tmp_path), "--quiet"]) == 0
+        recipe("zz_good", True), recipe("zz_bad", False), recipe("zz_unsure", True, "max_matvecs")
+        monkeypatch.setattr(experiments, "names", lambda: ["zz_bad", "zz_good", "zz_unsure"])
+        assert main(["reproduce", "all", "--out", str(tmp_path / "a"), "--quiet"]) == 1
         out = capsys.readouterr().out
-        assert "FAILED: shaky" in out and "total: 3 passed, 1 failed, 2 reported only" in out
-        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert "FAILED paper claim: shaky" in out and "INCONCLUSIVE paper claim: unsure" in out
+        assert "paper: 7 pass, 1 fail, 1 inconclusive, 3 reported" in out
+        assert "regression: 0 pass, 3 fail" in out and "sanity: 3 pass" in out
+        summary = json.loads((tmp_path / "a" / "summary.json").read_text())
         rows = {r["experiment"]: r for r in summary["experiments"]}
-        assert rows["zz_bad"]["failed"] == ["shaky"] and rows["zz_good"]["failed"] == []
-        assert Path(rows["zz_good"]["report"]).is_file() and summary["totals"]["passed"] == 3
-        assert main(["reproduce", "all", "--out", str(tmp_path / "strict"), "--quiet", "--strict"]) == 1
+        assert rows["zz_bad"]["paper_failed"] == ["shaky"] and rows["zz_good"]["paper_failed"] == []
+        assert rows["zz_unsure"]["paper_inconclusive"] == ["unsure"]
+        assert rows["zz_good"]["claims"]["regression"]["fail"] == ["guard"]
+        assert Path(rows["zz_good"]["report"]).is_file() and summary["by_kind"]["paper"]["pass"] == 7
+        assert main(["reproduce", "all", "--out", str(tmp_path / "b"), "--quiet", "--keep-going"]) == 0
+        # one experiment: only regression guards fail -> status 0; the summary table is printed too
+        assert main(["reproduce", "zz_good", "--out", str(tmp_path / "c"), "--quiet"]) == 0
+        assert "regression: 0 pass, 1 fail" in capsys.readouterr().out
+        assert main(["reproduce", "zz_unsure", "--out", str(tmp_path / "d"), "--quiet"]) == 1
     finally:
-        EXPERIMENTS.pop("zz_good", None), EXPERIMENTS.pop("zz_bad", None)
+        for name in ("zz_good", "zz_bad", "zz_unsure"):
+            EXPERIMENTS.pop(name, None)

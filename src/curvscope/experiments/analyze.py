@@ -1,8 +1,16 @@
-"""``curvscope analyze``: the library's instruments on the user's own model and data."""
+"""``curvscope analyze``: the library's instruments on the user's own model and data.
+
+The run directory's fingerprint holds the sha256 of the checkpoint file and a hash of the
+dataset's tensors, besides the config: resuming after the weights or the data changed is
+refused with an error naming the change. Without ``--checkpoint`` the model is analysed at
+its initialisation, and the run says so loudly (stderr, the report and ``results.json``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,8 +22,9 @@ from torch import nn
 from curvscope.distributed import get_rank, is_distributed, shard_batches
 from curvscope.experiments import instruments as ins
 from curvscope.experiments.checkpoint import build_model
-from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
+from curvscope.experiments.run import Claim, Figure, RunDir, array_ref, default_fingerprint
 from curvscope.operators import GGN, ClassStructure, Hessian, Residual
+from curvscope.operators.fingerprint import tensors_digest
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss}
 
@@ -64,13 +73,29 @@ def analyze(
     seed: int = 0,
     progress: bool = True,
     config: dict | None = None,
+    fingerprint: dict | None = None,
+    notes: list[str] | None = None,
 ) -> RunDir:
-    """Run the chosen measurements on ``model`` at its current weights; returns the run directory."""
+    """Run the chosen measurements on ``model`` at its current weights; returns the run directory.
+
+    Args:
+        fingerprint: what is measured (default: the config plus a hash of the data); a run
+            directory holding another fingerprint is refused.
+        notes: lines shown prominently in the report and stored in ``results.json``
+            (e.g. that no checkpoint was given).
+    """
     from curvscope.data import batches
 
-    run = RunDir(out, config or {"experiment": "analyze", "seed": seed})
+    config = config or {"experiment": "analyze", "seed": seed}
+    if fingerprint is None:
+        fingerprint = default_fingerprint(config, data=data_identity(data))
+    run = RunDir(out, config, fingerprint=fingerprint)
     run.results["title"] = f"curvscope analyze: {type(model).__name__} on {getattr(data, 'name', 'data')}"
     run.results["summary"] = "Curvature of the mean training loss at the given weights."
+    run.results["notes"] = list(notes or [])
+    for key in ("checkpoint", "checkpoint_sha256", "data"):
+        if key in fingerprint:
+            run.metric(key, fingerprint[key])
     model = model.to(device=device, dtype=dtype)
     loss_fn = mse_targets(loss_name, data.num_classes)
     parts = batches(data.to(dtype=dtype, device=device), batch_size)
@@ -89,8 +114,11 @@ def analyze(
                 "eigenpairs_certified",
                 f"top-{top_k} Hessian eigenpairs converged",
                 f"{int(conv.sum())}/{top_k}",
-                "residual <= tol·‖H‖",
+                "residual ≤ tol·‖H‖ (eigsh's dtype-aware default tol)",
                 bool(conv.all()),
+                "curvscope eigsh: residual certificates",
+                kind="sanity",
+                inputs=ins.statuses(eigsh_H=top),
             )
         )
         run.figure(ins.sorted_eigenvalues_figure("top_eigenvalues", "top Hessian eigenvalues", {"H": "top"}))
@@ -109,63 +137,97 @@ def analyze(
         run.metric("trace_H", tr["estimate"])
         run.metric("trace_H_stderr", tr["stderr"])
     if decompose:
-        G, R = GGN(model, loss_fn, parts), Residual(model, loss_fn, parts)
-        ins.density(run, "density_G", G, seed=seed, progress=progress)
-        ins.density(run, "density_Hres", R, seed=seed, progress=progress)
-        steps = {"H": "density_H"} if density else {}
-        run.figure(
-            ins.density_figure(
-                "decomposition", "H, G and H_res densities", {**steps, "G": "density_G", "H_res": "density_Hres"}
-            )
-        )
-        if loss_name == "cross_entropy":
-            cs = ClassStructure(model, loss_fn, parts)
-            for name, op in (("class", cs.class_term), ("cross", cs.cross_term), ("within", cs.within_term)):
-                ins.density(run, f"density_G_{name}", op, seed=seed, progress=progress)
-            run.figure(
-                ins.density_figure(
-                    "class_structure",
-                    "class-structure terms of G",
-                    {n: f"density_G_{n}" for n in ("class", "cross", "within")},
-                )
-            )
+        _decompose(run, model, loss_fn, parts, loss_name, density, seed, progress)
     if overlap and top is not None:
-        from curvscope.metrics import magnitude_mask, mask_overlap
-
-        values = dict(H.problem.values)
-        D = H.shape[0]
-
-        def compute():
-            Q = top["eigenvectors"].to(torch.float64)
-            ks = [k for k in (1, 2, 5, 10, 20, 50, 100) if k <= Q.shape[1]]
-            ratios = []
-            for k in ks:
-                mask = magnitude_mask(values, k)
-                ratios.append(mask_overlap(mask, Q[:, :k]) / (k / D))
-            return {"k": torch.tensor(ks, dtype=torch.float64), "ratio": torch.tensor(ratios, dtype=torch.float64)}
-
-        run.step("overlap", compute)
-        run.figure(
-            Figure(
-                "overlap",
-                "magnitude mask vs top-k eigenspace",
-                "k",
-                "overlap / (k/D)",
-                series=[
-                    {
-                        "label": "magnitude mask",
-                        "x": array_ref("overlap", "k"),
-                        "y": array_ref("overlap", "ratio"),
-                        "marker": "o",
-                    }
-                ],
-                hlines=[{"y": 1.0, "label": "chance"}],
-                logx=True,
-            )
-        )
+        _overlap(run, H, top)
     run.metric("seconds", time.perf_counter() - t0)
     run.finish()
     return run
+
+
+def _decompose(run: RunDir, model, loss_fn, parts, loss_name: str, density: bool, seed: int, progress: bool) -> None:
+    """Densities of G and H_res and, for cross-entropy, of the class-structure terms of G."""
+    G, R = GGN(model, loss_fn, parts), Residual(model, loss_fn, parts)
+    ins.density(run, "density_G", G, seed=seed, progress=progress)
+    ins.density(run, "density_Hres", R, seed=seed, progress=progress)
+    steps = {"H": "density_H"} if density else {}
+    run.figure(
+        ins.density_figure(
+            "decomposition", "H, G and H_res densities", {**steps, "G": "density_G", "H_res": "density_Hres"}
+        )
+    )
+    if loss_name == "cross_entropy":
+        cs = ClassStructure(model, loss_fn, parts)
+        for name, op in (("class", cs.class_term), ("cross", cs.cross_term), ("within", cs.within_term)):
+            ins.density(run, f"density_G_{name}", op, seed=seed, progress=progress)
+        run.figure(
+            ins.density_figure(
+                "class_structure",
+                "class-structure terms of G",
+                {n: f"density_G_{n}" for n in ("class", "cross", "within")},
+            )
+        )
+
+
+def _overlap(run: RunDir, H, top: dict) -> None:
+    """overlap/(k/D) of magnitude masks with the top-k eigenspace, for k up to the eigenpairs computed."""
+    from curvscope.metrics import magnitude_mask, mask_overlap
+
+    values = dict(H.problem.values)
+    D = H.shape[0]
+
+    def compute():
+        Q = top["eigenvectors"].to(torch.float64)
+        ks = [k for k in (1, 2, 5, 10, 20, 50, 100) if k <= Q.shape[1]]
+        ratios = []
+        for k in ks:
+            mask = magnitude_mask(values, k)
+            ratios.append(mask_overlap(mask, Q[:, :k]) / (k / D))
+        return {"k": torch.tensor(ks, dtype=torch.float64), "ratio": torch.tensor(ratios, dtype=torch.float64)}
+
+    run.step("overlap", compute)
+    run.figure(
+        Figure(
+            "overlap",
+            "magnitude mask vs top-k eigenspace",
+            "k",
+            "overlap / (k/D)",
+            series=[
+                {
+                    "label": "magnitude mask",
+                    "x": array_ref("overlap", "k"),
+                    "y": array_ref("overlap", "ratio"),
+                    "marker": "o",
+                }
+            ],
+            hlines=[{"y": 1.0, "label": "chance"}],
+            logx=True,
+        )
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_identity(data: Any) -> dict:
+    """Name, size and a hash of a dataset's inputs and labels (part of the run's fingerprint)."""
+    x, y = getattr(data, "x", None), getattr(data, "y", None)
+    ident = {"name": str(getattr(data, "name", type(data).__name__))}
+    if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor):
+        ident.update(num_samples=int(x.shape[0]), digest=tensors_digest({"x": x, "y": y}))
+    return ident
+
+
+INIT_WARNING = (
+    "no --checkpoint given: the model is analysed at its INITIALISATION (the weights its factory "
+    "returns), not at trained weights"
+)
 
 
 def analyze_from_args(args: argparse.Namespace) -> RunDir:
@@ -177,6 +239,15 @@ def analyze_from_args(args: argparse.Namespace) -> RunDir:
     data = load_data(args.data, args.num_samples, args.seed)
     config = {k: v for k, v in vars(args).items() if k not in ("verb", "verbose", "quiet")}
     config["experiment"] = "analyze"
+    extra: dict[str, Any] = {"data": data_identity(data), "dtype": args.dtype, "device": args.device}
+    notes = []
+    if args.checkpoint:
+        extra["checkpoint_sha256"] = file_sha256(args.checkpoint)
+    else:
+        extra["checkpoint"] = "none: initialisation"
+        notes.append("WARNING: " + INIT_WARNING)
+        if get_rank() == 0:
+            print(f"curvscope analyze: warning: {INIT_WARNING}", file=sys.stderr)
     # Every rank computes the same results; only rank 0 keeps its run directory.
     out = args.out if get_rank() == 0 else tempfile.mkdtemp(prefix=f"curvscope-rank{get_rank()}-")
     return analyze(
@@ -195,4 +266,6 @@ def analyze_from_args(args: argparse.Namespace) -> RunDir:
         seed=args.seed,
         progress=not args.quiet,
         config=config,
+        fingerprint=default_fingerprint(config, **extra),
+        notes=notes,
     )

@@ -1,12 +1,15 @@
 """Fernandez, Schneider, Mahsereci & Hennig (2025): magnitude masks vs the top Hessian eigenspace.
 
-What the paper claims (SCIENCE.md §1 "Overlap of subspaces and masks", §2 claim 6). A sketched
+What the paper claims (definitions in ``docs/science.md``, "Overlap of subspaces and masks"). A sketched
 symmetric eigendecomposition gives the top-``k`` eigenspace ``Q_k`` (by ``|λ|``) of large nets.
 The overlap of a ``k``-sparse parameter mask ``m`` with it, ``Σ_{i∈m} ‖Q_k[i, :]‖² / k``, is ``k/D``
 for a random mask (chance); masks of the ``k`` largest-magnitude weights score consistently above
-chance, more so for larger nets. At small scale (SCIENCE.md): after training,
-``overlap/(k/D) ≈ 1.5–5`` at ``k = 50–200`` on the GMM; at ``k = 10`` it can go either way (not
-claimed, reported). Layer-matched random masks (the magnitude mask's count per layer, random
+chance, more so for larger nets. The paper's own small-MLP log shows magnitude masks *below*
+chance at ``k = 10`` late in training, so the above-chance claim is tested at ``k = 50–200`` and
+``k = 10`` is reported. The range ``overlap/(k/D) ≈ 1.5–5`` was measured here and is a
+``regression`` guard, as is the agreement of the sketched and Lanczos eigenspaces; random masks
+scoring ``k/D`` is a ``sanity`` check (its expectation is exactly ``k/D``). Layer-matched
+random masks (the magnitude mask's count per layer, random
 within each layer) separate "large weights" from "which layers".
 
 What is measured, for two MLP widths, at snapshots over training and for ``k ∈ {10, 50, 100, 200}``:
@@ -55,9 +58,9 @@ from curvscope.operators import Hessian
 from curvscope.train import TrainConfig, steps_per_epoch, train
 
 F64 = torch.float64
-SOURCE = "Fernandez et al. 2025; SCIENCE.md §2.6"
-LANCZOS_TOL = 1e-6  # float64 eigsh: ‖Hv − λv‖ ≤ 1e-6 ‖H‖ (the top-200 space then equals the dense one)
-CLAIM_KS = (50, 100, 200)  # SCIENCE.md: the range claim holds at k = 50–200; k = 10 is only reported
+SOURCE = "Fernandez et al. 2025 (TMLR, arXiv:2504.14701): magnitude masks vs top Hessian eigenspace"
+GUARD = "measured by curvscope (docs/science.md, 'Claim kinds and verdicts')"
+CLAIM_KS = (50, 100, 200)  # the paper's own small MLP is below chance at k = 10: k = 10 is only reported
 MASKS = ("magnitude", "magnitude_layer", "best")
 
 
@@ -143,15 +146,16 @@ def _top_space(H, k: int, method: str, seed: int) -> dict:
     """Top-``k`` eigenpairs of ``H`` by ``|λ|`` (float64 columns, orthonormal) with their certificates."""
     if method == "dense" and H.shape[0] <= 10_000:
         lam, Q = torch.linalg.eigh(H.to_dense().double().cpu())
-        res, info = torch.zeros(k, dtype=torch.float64), {"num_matvecs": H.shape[0]}
+        res, info = torch.zeros(k, dtype=torch.float64), {"num_matvecs": H.shape[0], "status": "exact"}
     elif method in ("dense", "lanczos"):
-        r = eigsh(H, k=k, which="LM", seed=seed, tol=LANCZOS_TOL if H.dtype == F64 else None)
+        r = eigsh(H, k=k, which="LM", seed=seed)
         lam, Q, res = r.eigenvalues.double().cpu(), r.eigenvectors.double().cpu(), r.residuals.double().cpu()
-        info = {"num_matvecs": int(r.num_matvecs), "converged": int(r.converged.sum()), "status": r.status}
+        info = {"num_matvecs": int(r.num_matvecs), "converged": int(r.converged.sum()), "status": str(r.status),
+                "tol": float(r.tol)}  # fmt: skip
     else:
         r = sketched_eigh(H, k, seed=seed)
         lam, Q, res = r.eigenvalues.double().cpu(), r.eigenvectors.double().cpu(), r.residuals.double().cpu()
-        info = {"num_matvecs": int(r.num_matvecs), "certified_1pct": r.num_certified(1e-2), "status": r.status,
+        info = {"num_matvecs": int(r.num_matvecs), "certified_1pct": r.num_certified(1e-2), "status": str(r.status),
                 "error_fro_rel": r.error_fro / r.norm_fro}  # fmt: skip
     order = lam.abs().argsort(descending=True)[:k]
     res = res[order] if len(res) == len(lam) else res
@@ -258,6 +262,10 @@ def _at(r: dict, key: str, k: int, ks) -> float:
 
 def _claims(run: RunDir, cfg: Settings, res) -> None:
     ks, names = cfg.ks, [n.name for n in cfg.nets]
+
+    def space(rs: dict) -> dict:  # statuses of the eigenspaces (final snapshot of every net) a claim rests on
+        return {f"{rs_i['method']} {names[i]}": rs_i["info"].get("status", "unverified") for i, rs_i in rs.items()}
+
     cks = [k for k in CLAIM_KS if k in ks] or list(ks)  # a custom k grid without 50–200: its own ks
     z = {}
     for i, rs in res.items():
@@ -271,9 +279,9 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         f"random k-masks score k/D: Monte-Carlo mean of overlap/(k/D) over {cfg.num_random} masks, every net, "
         "snapshot and k",
         f"largest |mean − 1| / s.e. = {abs(z[worst]):.2f} ({worst})",
-        "|mean − 1| ≤ 4 standard errors everywhere",
+        "|mean − 1| ≤ 4 standard errors everywhere (the expectation is exactly 1 for any orthonormal Q)",
         all(abs(v) <= 4 for v in z.values()),
-        SOURCE,
+        "identity: E[overlap] = k/D for a uniformly random mask (docs/science.md)", kind="sanity",
     ))  # fmt: skip
     final = {i: rs[-1] for i, rs in res.items()}
     above = {f"{names[i]}, k={k}": [round(_at(r, "magnitude", k, ks), 2), round(_at(r, "random_hi", k, ks), 2)]
@@ -285,16 +293,16 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         above,
         f"magnitude ratio > 97.5% quantile of random masks, k ∈ {cks}, every net",
         all(m > hi for m, hi in above.values()),
-        SOURCE,
+        SOURCE, inputs=space(final),
     ))  # fmt: skip
     ref = {f"k={k}": round(_at(final[0], "magnitude", k, ks), 3) for k in cks}
     run.claim(Claim(
         "magnitude_mask_ratio_range",
         f"after training overlap/(k/D) of the magnitude mask ≈ 1.5–5 at k = 50–200 ({names[0]}, the smaller net)",
         ref,
-        f"1.5 ≤ ratio ≤ 5 at k = {cks}",
+        f"1.5 ≤ ratio ≤ 5 at k = {cks} (range measured here)",
         all(1.5 <= v <= 5 for v in ref.values()),
-        SOURCE,
+        GUARD, kind="regression", inputs=space({0: final[0]}),
     ))  # fmt: skip
     last = len(cfg.nets) - 1
     sizes = {f"k={k}": [round(_at(final[0], "magnitude", k, ks), 2), round(_at(final[last], "magnitude", k, ks), 2)]
@@ -305,7 +313,7 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         sizes,
         f"ratio({names[last]}) > ratio({names[0]}) at k = {cks}",
         all(b > a for a, b in sizes.values()),
-        "Fernandez et al. 2025; DESIGN.md §2.3",
+        SOURCE, inputs=space(final),
     ))  # fmt: skip
     k10 = {names[i]: [round(_at(r, "magnitude", 10, ks), 2) for r in rs] for i, rs in res.items()} if 10 in ks else {}
     run.claim(Claim(
@@ -337,6 +345,14 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         None,
         SOURCE,
     ))  # fmt: skip
+    _sketch_claims(run, cfg, final, names, cks)
+    for i, rs in res.items():
+        run.metric(f"eig_info_net{i}", [r["info"] for r in rs])
+
+
+def _sketch_claims(run: RunDir, cfg: Settings, final: dict, names: list[str], cks: list[int]) -> None:
+    """The sketched eigenspace vs the certified Lanczos one, where both were computed (a guard)."""
+    ks = cfg.ks
     for i, r in final.items():
         if "sketch_subspace_overlap" in r:
             sub = {f"k={k}": round(v, 3) for k, v in zip(ks, r["sketch_subspace_overlap"])}
@@ -348,12 +364,12 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
                 f"products) vs the certified Lanczos one: subspace overlap, and |Δ overlap/(k/D)| of the magnitude "
                 f"mask {diff}",
                 sub,
-                f"subspace overlap ≥ 0.9 at k = {cks}",
+                f"subspace overlap ≥ 0.9 at k = {cks} (0.9: measured here)",
                 all(sub[f"k={k}"] >= 0.9 for k in cks),
-                "Fernandez et al. 2025 (sketched eigh); curvscope.linalg.sketch",
+                "curvscope.linalg.sketch vs eigsh (sketched eigh after Fernandez et al. 2025)", kind="regression",
+                inputs={"eigsh": r["info"].get("status", "unverified"),
+                        "sketch": r["sketch_info"].get("status", "unverified")},
             ))  # fmt: skip
-    for i, rs in res.items():
-        run.metric(f"eig_info_net{i}", [r["info"] for r in rs])
 
 
 def _figures(run: RunDir, cfg: Settings, res, steps) -> None:
@@ -425,5 +441,6 @@ RECIPE = Recipe(
     "random masks with the top-k Hessian eigenspace (Lanczos and sketched eigh), for several k, over training "
     "and for two model sizes.",
     run=run_fernandez,
+    settings=lambda scale: QUICK if scale == "quick" else FULL,
     papers="Fernandez, Schneider, Mahsereci & Hennig, TMLR 2025",
 )

@@ -1,12 +1,13 @@
 """Papyan (2019, 2020): the class structure of the Gauss–Newton term, through training and vs. sample size.
 
-What the papers claim (SCIENCE.md §1, §2 claim 4). For cross-entropy ``H = G + H_res`` and the
-Gauss–Newton term is a second moment of the vectors ``δ_{i,c'} = J_iᵀ(e_{c'} − p_i)``; grouping
-them by true class ``c`` and hypothetical class ``c'`` splits ``G`` exactly into a class term
-(``C`` outliers), a cross-class term (``C(C−1)`` "mini-outliers") and a within-class term (the
-bulk). Papyan's p-weighted split ``G = G_B + G_W`` has ``rank G_B = C(C−1)``. The top eigenspace
-of ``H`` is (nearly) the span of the class / cross-class gradient means, so it can be found
-without an eigensolver, and the outliers of ``H`` are those of ``G``.
+What the papers claim (definitions in ``docs/science.md``, "Class structure of G"). For
+cross-entropy ``H = G + H_res`` and the Gauss–Newton term is a second moment of the vectors
+``δ_{i,c'} = J_iᵀ(e_{c'} − p_i)``; grouping them by true class ``c`` and hypothetical class
+``c'`` splits ``G`` exactly into a class term (``C`` outliers), a cross-class term
+(``C(C−1)`` "mini-outliers") and a within-class term (the bulk). Papyan's p-weighted split
+``G = G_B + G_W`` has ``rank G_B = C(C−1)``. The top eigenspace of ``H`` is (nearly) the span
+of the class / cross-class gradient means, so it can be found without an eigensolver, and the
+outliers of ``H`` are those of ``G``.
 
 What is measured here, for two training-set sizes at the same SGD steps (snapshots at 0, 1, 2
 and 5 epochs of the larger set):
@@ -28,6 +29,12 @@ at ``N = 2000`` the final loss is 0.7–0.9, so the class structure does not col
 0, 4, 8, 20 of it); MLP 30-32-32-10 ReLU (``D = 2378``), float64; SGD lr 0.05, momentum 0.9,
 batch 64, 160 steps; SLQ with 4 probes × 40 Lanczos steps. Full: LeNet on Fashion-MNIST (``D = 107,786``),
 ``N = 60000`` and ``6000``, 20 epochs; the identity check is restricted to the last layer.
+
+Claim kinds: the identities, the PSD-ness of the within-class terms and ``rank G_B`` are
+``sanity`` checks of the implementation. The paper claim "the top eigenspace lies in the span of
+the cross-class means" is read as "more than half of it" (overlap > 0.5, a stated rule) at the end
+of training; the 0.9 level after 2 epochs and the 10% agreement of the top eigenvalues of ``H`` and
+``G`` were measured here and are ``regression`` guards.
 
 References:
     V. Papyan, "Measurements of three-level hierarchical structure in the outliers in the spectrum
@@ -57,7 +64,11 @@ from curvscope.operators import ClassStructure, Hessian, Residual
 from curvscope.operators.dense import dense_class_structure
 from curvscope.train import TrainConfig, steps_per_epoch, train
 
-SOURCE = "Papyan 2019/2020; SCIENCE.md §2.4"
+SOURCE = "Papyan 2019 (ICML), 2020 (JMLR): class / cross-class structure of G"
+SANITY = "identity of the class-structure split of G (docs/science.md)"
+GUARD = "measured by curvscope (docs/science.md, 'Claim kinds and verdicts')"
+#: "The top eigenspace lies in the span of the gradient means", read as: more of its energy inside than outside.
+MAJORITY = 0.5
 
 
 @dataclass(frozen=True)
@@ -210,6 +221,8 @@ def _measure(run: RunDir, name: str, ops: _Ops, C: int, seed: int, rtol: float) 
             "overlap_top_G": subspace_overlap(V, eg.eigenvectors.double()),
             "rel_diff_HG": ((eh.eigenvalues - eg.eigenvalues).abs() / eh.eigenvalues.abs()).max().item(),
             "converged": bool(eh.converged.all() and eg.converged.all()),
+            "status_H": str(eh.status),
+            "status_G": str(eg.status),
         }
 
     return run.step(name, compute)
@@ -283,11 +296,11 @@ def run_papyan(run: RunDir, ctx: Context) -> None:
                     density_steps[(n, s)][name] = step
             if si == 0 and final:
                 ident = _identities(run, model, data, cfg, ctx, device)
-    _claims(run, cfg, results, ident, steps, spe, C)
+    _claims(run, cfg, results, ident, steps, spe, C, sum(p.numel() for p in model.parameters()))
     _figures(run, cfg, results, density_steps, steps, spe, C)
 
 
-def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C) -> None:
+def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C, D) -> None:
     sizes = ", ".join(f"N={n}" for n in cfg.sizes)
     run.claim(Claim(
         "decomposition_identities",
@@ -296,35 +309,51 @@ def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C) -> None:
         f"max relative error {ident['max_error']:.1e}",
         "≤ 1e-10 (float64)",
         ident["max_error"] <= 1e-10,
-        SOURCE,
+        SANITY, kind="sanity",
     ))  # fmt: skip
     worst = min(ident["min_eig_rel"].values())
     run.claim(Claim(
         "within_terms_psd",
         "G_within and Papyan's G_W are positive semidefinite (smallest eigenvalue / λ_max(G))",
         {k: f"{v:.1e}" for k, v in ident["min_eig_rel"].items()},
-        "≥ −1e-10",
+        "≥ −1e-10 (round-off)",
         worst >= -1e-10,
-        SOURCE,
+        SANITY, kind="sanity", inputs={"dense eigvalsh": "exact"},
     ))  # fmt: skip
     ranks = {f"N={n}, step {s}": r["rank_G_B"] for n in cfg.sizes for s, r in zip(steps, results[n])}
     run.claim(Claim(
         "rank_G_B",
         f"rank G_B = C(C−1) = {C * (C - 1)} at every snapshot ({sizes}); singular values of its factor",
         sorted(set(ranks.values())),
-        f"== {C * (C - 1)} (σ > {cfg.rank_rtol:g}·σ_max)",
+        f"== {C * (C - 1)} (σ > {cfg.rank_rtol:g}·σ_max; ≤ C(C−1) by construction, equality generic)",
         all(r == C * (C - 1) for r in ranks.values()),
-        SOURCE,
+        SANITY, kind="sanity", inputs={"SVD of the factor": "exact"},
+    ))  # fmt: skip
+
+    def eig_inputs(rows) -> dict:
+        return {f"eigsh {m} (N={n}, step {s})": r.get(f"status_{m}", "unverified") for n, s, r in rows for m in "HG"}
+
+    finals = [(n, steps[-1], results[n][-1]) for n in cfg.sizes]
+    ov_final = {f"N={n}, step {s}": round(r["overlap_cross_means"], 4) for n, s, r in finals}
+    chance = min(1.0, C * C / D)
+    run.claim(Claim(
+        "top_space_in_cross_class_span",
+        f"after training the top-{C - 1} eigenspace of H lies in the span of the C² cross-class gradient means",
+        ov_final,
+        f"overlap > {MAJORITY} (more of the eigenspace inside the span than outside; chance C²/D = {chance:.3f}) "
+        "at the last snapshot of each training-set size",
+        min(ov_final.values()) > MAJORITY,
+        SOURCE, inputs=eig_inputs(finals),
     ))  # fmt: skip
     late = [(n, s, r) for n in cfg.sizes for s, r in zip(steps, results[n]) if s >= 2 * spe]
     ov = {f"N={n}, step {s}": round(r["overlap_cross_means"], 4) for n, s, r in late}
     run.claim(Claim(
-        "top_space_in_cross_class_span",
-        f"after ≥ 2 epochs the top-{C - 1} eigenspace of H lies in the span of the C² cross-class means",
+        "cross_class_span_overlap_level",
+        f"the top-{C - 1} eigenspace of H vs the span of the C² cross-class means, every snapshot after ≥ 2 epochs",
         ov or "no snapshot after 2 epochs",
-        "overlap ≥ 0.9 at every snapshot with step ≥ 2 epochs of N=" + str(cfg.sizes[0]),
+        "overlap ≥ 0.9 at every snapshot with step ≥ 2 epochs of N=" + str(cfg.sizes[0]) + " (0.9: measured here)",
         min(ov.values()) >= 0.9 if ov else None,
-        SOURCE,
+        GUARD, kind="regression", inputs=eig_inputs(late),
     ))  # fmt: skip
     after = [(n, s, r) for n in cfg.sizes for s, r in zip(steps, results[n]) if s >= spe]
     hg = {f"N={n}, step {s}": round(r["rel_diff_HG"], 4) for n, s, r in after}
@@ -332,9 +361,10 @@ def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C) -> None:
         "top_eigenvalues_H_equal_G",
         f"after the first epoch the top-{C - 1} eigenvalues of H and G agree (the outliers come from G)",
         hg or "no snapshot after 1 epoch",
-        f"max_i |λ_i(H) − λ_i(G)| / λ_i(H) ≤ 0.10 over the top {C - 1}, at every snapshot with step ≥ 1 epoch",
+        f"max_i |λ_i(H) − λ_i(G)| / λ_i(H) ≤ 0.10 over the top {C - 1}, at every snapshot with step ≥ 1 epoch "
+        "(10%: measured here)",
         max(hg.values()) <= 0.10 if hg else None,
-        SOURCE,
+        GUARD, kind="regression", inputs=eig_inputs(after),
     ))  # fmt: skip
     n0, last = cfg.sizes[0], results[cfg.sizes[0]][-1]
     mini = last["eig_cross"][: C * (C - 1)]
@@ -450,5 +480,6 @@ RECIPE = Recipe(
     "and for two training-set sizes; the decomposition identities, rank G_B = C(C−1), the top eigenspace of H "
     "vs the span of the cross-class gradient means, and the top eigenvalues of H vs G.",
     run=run_papyan,
+    settings=lambda scale: QUICK if scale == "quick" else FULL,
     papers="Papyan 2019 (ICML); Papyan 2019 arXiv:1811.07062; Papyan 2020 (JMLR)",
 )
