@@ -21,6 +21,13 @@ averaged over ``i``).
 Standard errors: the sample standard deviation of the per-probe (or per-``i``)
 estimates over ``√n``. For XTrace/XDiag the ``n`` estimates are exchangeable, not
 independent; Epperly et al. use the same formula as an error estimate.
+
+Conventions (as every curvscope algorithm): ``seed`` (int or generator), ``progress``,
+``block_size`` (columns per product ``A @ X``, for every product of every method),
+``work_dtype`` (probes, sketches and their QR in float64 on a lower-precision operator by
+default; products in the operator's dtype) and ``checkpoint`` (a file where finished product
+blocks are saved with the operator's fingerprint; a killed run resumes from them, and a
+checkpoint made for another operator raises :class:`~curvscope.operators.fingerprint.StaleStateError`).
 """
 
 from __future__ import annotations
@@ -28,15 +35,21 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from curvscope.common import SeedLike, Status, as_status, make_generator, make_progress
 from curvscope.io import load_tensors, save_tensors
+from curvscope.linalg.checkpoint import jsonable, load_state, save_state
+from curvscope.linalg.density_runs import fingerprint_of
 from curvscope.linalg.lanczos import check_operator
-from curvscope.linalg.sampling import SeedLike, make_generator, probes
+from curvscope.linalg.precision import WorkDtype, promote, resolve_work_dtype
+from curvscope.linalg.sampling import probes
+from curvscope.operators.fingerprint import check_fingerprint
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
 DIAG_METHODS = ("hutchinson", "xdiag")
@@ -53,7 +66,8 @@ class TraceResult:
         method: estimator name.
         num_matvecs: products spent.
         wall_time: seconds.
-        status: ``"completed"`` or ``"exact"`` (the sketch spans the range of ``A``).
+        status: :class:`~curvscope.common.Status` ``completed`` (the whole budget ran; trust
+            ``estimate ± stderr``) or ``exact`` (the sketch spans the range of ``A``).
         message: what happened.
     """
 
@@ -63,7 +77,7 @@ class TraceResult:
     method: str
     num_matvecs: int
     wall_time: float
-    status: str
+    status: Status
     message: str
 
     def save(self, path: str | os.PathLike) -> None:
@@ -75,7 +89,7 @@ class TraceResult:
     def load(cls, path: str | os.PathLike) -> TraceResult:
         """Read a file written by :meth:`save`."""
         t, meta = load_tensors(path)
-        return cls(samples=t["samples"], **meta)
+        return cls(samples=t["samples"], **{**meta, "status": as_status(meta["status"])})
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,7 @@ class DiagonalResult:
         method: estimator name.
         num_matvecs: products spent.
         wall_time: seconds.
-        status: ``"completed"`` or ``"exact"``.
+        status: :class:`~curvscope.common.Status` ``completed`` or ``exact``.
         message: what happened.
     """
 
@@ -97,7 +111,7 @@ class DiagonalResult:
     method: str
     num_matvecs: int
     wall_time: float
-    status: str
+    status: Status
     message: str
 
     def save(self, path: str | os.PathLike) -> None:
@@ -109,7 +123,85 @@ class DiagonalResult:
     def load(cls, path: str | os.PathLike) -> DiagonalResult:
         """Read a file written by :meth:`save`."""
         t, meta = load_tensors(path)
-        return cls(**t, **meta)
+        return cls(**t, **{**meta, "status": as_status(meta["status"])})
+
+
+# ---------------------------------------------------------------------------- block products
+Reduce = Callable[[Tensor, Tensor], Tensor]
+
+
+def _identity(X: Tensor, Y: Tensor) -> Tensor:
+    return Y
+
+
+def _quadratic(X: Tensor, Y: Tensor) -> Tensor:
+    return (X * Y).sum(0)
+
+
+def _hadamard(X: Tensor, Y: Tensor) -> Tensor:
+    return X * Y
+
+
+class _Products:
+    """``A @ X`` in column blocks of ``block_size``, with a progress bar and a checkpoint of finished blocks.
+
+    Every product call is a named *stage*; what is kept of a block is ``reduce(X_block, (A X)_block)``
+    (e.g. only ``zᵀAz`` for Hutchinson). The checkpoint holds the finished part of every stage and the
+    generator state at the start of the run: a resumed run redraws the same probes and skips
+    the saved blocks.
+    """
+
+    def __init__(self, A: Any, original: Any, block_size: int | None, bar: Any, checkpoint: Any, config: dict, gen):
+        if block_size is not None and int(block_size) < 1:
+            raise ValueError(f"block_size must be a positive number of columns, got {block_size}")
+        self.A, self.bs, self.bar, self.path, self.config = A, block_size, bar, checkpoint, config
+        self.saved: dict[str, Tensor] = {}
+        self.fingerprint = None
+        if checkpoint is not None:
+            self.fingerprint = fingerprint_of(original)
+            state = load_state(checkpoint, config, gen)  # restores the generator to the run's start
+            if state is not None:
+                check_fingerprint(state[1].get("fingerprint"), self.fingerprint, f"trace checkpoint {checkpoint}")
+                self.saved = state[0]
+        self._start = gen.get_state()
+
+    def __call__(self, X: Tensor, stage: str, reduce: Reduce = _identity) -> Tensor:
+        n = X.shape[1]
+        bs = n if self.bs is None else int(self.bs)
+        done = self.saved.get(stage)
+        parts = [] if done is None else [done.to(device=X.device, dtype=X.dtype)]
+        start = 0 if done is None else done.shape[-1]
+        self.bar.update(start)
+        for s in range(start, n, bs):
+            Y = self.A @ X[:, s : s + bs]
+            self.bar.update(Y.shape[1])
+            parts.append(reduce(X[:, s : s + bs], Y))
+            if self.path is not None:
+                self._save(stage, torch.cat(parts, -1))
+        return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+
+    def _save(self, stage: str, value: Tensor) -> None:
+        self.saved[stage] = value
+        gen = torch.Generator()
+        gen.set_state(self._start)
+        save_state(self.path, self.config, gen, self.saved, {"fingerprint": self.fingerprint})
+
+
+def _setup(A, method, num_matvecs, seed, block_size, progress, checkpoint, work_dtype, what, probe="rademacher"):
+    """Operator in the working dtype, generator, products and the relative rank tolerance of a run."""
+    D, op_dtype, device = check_operator(A)
+    wd = resolve_work_dtype(work_dtype, op_dtype, D, 2 * num_matvecs, "device", device, what)
+    W = promote(A, wd)
+    gen = make_generator(seed)
+    config = {"what": what, "method": method, "D": D, "num_matvecs": num_matvecs, "probe": probe,
+              "block_size": block_size, "work_dtype": jsonable(wd), "dtype": jsonable(op_dtype)}  # fmt: skip
+    bar = make_progress(num_matvecs, progress, what)
+    mv = _Products(W, A, block_size, bar, checkpoint, config, gen)
+    # "exact" needs Y rank deficient beyond the products' round-off; half-precision products are too
+    # noisy to tell a small bulk from round-off (bf16: 0.4%), so they never claim exactness this way
+    op_eps = torch.finfo(op_dtype).eps
+    rank_tol = 1e3 * torch.finfo(wd).eps if op_eps > 1e-4 else max(1e3 * torch.finfo(wd).eps, 10 * op_eps)
+    return D, wd, device, gen, mv, rank_tol
 
 
 def _mean_se(x: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
@@ -118,29 +210,63 @@ def _mean_se(x: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
     return x.mean(dim), se
 
 
-def _blocked(A: Any, Z: Tensor, block_size: int | None) -> Tensor:
-    if block_size is None or block_size >= Z.shape[1]:
-        return A @ Z
-    return torch.cat([A @ Z[:, s : s + block_size] for s in range(0, Z.shape[1], block_size)], dim=1)
-
-
 def _check(num_matvecs: int, least: int, method: str) -> None:
     if num_matvecs < least:
         raise ValueError(f"{method} needs num_matvecs ≥ {least}, got {num_matvecs}")
 
 
-def _xsketch(A: Any, D: int, n: int, gen, probe, dtype, device):
+def _xsketch(mv: _Products, D: int, n: int, gen, probe, dtype, device, rank_tol: float):
     """Shared XTrace/XDiag sketch: Ω, Y = AΩ = QR, Z = AQ, normalised columns S of R^{-T}; or None if R is singular."""
     Om = probes(probe, D, n, gen, dtype, device)
-    Y = A @ Om
+    Y = mv(Om, "Y")
     Q, R = torch.linalg.qr(Y)
-    Z = A @ Q
+    Z = mv(Q, "Z")
     d = R.diagonal().abs()
-    if float(d.min()) <= 1e3 * torch.finfo(dtype).eps * float(d.max()):
+    if float(d.min()) <= rank_tol * float(d.max()):
         return Om, Y, Q, R, Z, None  # Y is rank deficient: range(A) ⊆ span(Q)
     S = torch.linalg.solve_triangular(R.T, torch.eye(n, dtype=dtype, device=device), upper=False)
     S = S / S.norm(dim=0, keepdim=True)
     return Om, Y, Q, R, Z, S
+
+
+# ------------------------------------------------------------------------------- estimators
+def _hutchinson(mv, D, m, gen, probe, dtype, device, rank_tol):
+    samples = mv(probes(probe, D, m, gen, dtype, device), "AZ", _quadratic)
+    est, se = _mean_se(samples)
+    return est, se, samples, m, Status.COMPLETED, ""
+
+
+def _hutchpp(mv, D, m, gen, probe, dtype, device, rank_tol):
+    k = m // 3
+    n_g = m - 2 * k
+    Q = torch.linalg.qr(mv(probes(probe, D, k, gen, dtype, device), "AS")).Q
+    low = (Q * mv(Q, "AQ")).sum()
+    G = probes(probe, D, n_g, gen, dtype, device)
+    Gp = G - Q @ (Q.T @ G)
+    samples = mv(Gp, "AG", _quadratic)
+    mean, se = _mean_se(samples)
+    return low + mean, se, samples, m, Status.COMPLETED, ""
+
+
+def _xtrace(mv, D, m, gen, probe, dtype, device, rank_tol):
+    n = m // 2
+    Om, Y, Q, _, Z, S = _xsketch(mv, D, n, gen, probe, dtype, device, rank_tol)
+    H = Q.T @ Z
+    if S is None:
+        est = torch.trace(H)
+        msg = "the sketch spans the range of A: the trace is exact"
+        return est, torch.zeros((), dtype=dtype), est.reshape(1), 2 * n, Status.EXACT, msg
+    W = Q.T @ Om
+    c = (S * W).sum(0)
+    Bm = W - S * c
+    U = Om - Q @ Bm
+    AU = Y - Z @ Bm
+    samples = torch.trace(H) - (S * (H @ S)).sum(0) + (U * AU).sum(0)
+    est, se = _mean_se(samples)
+    return est, se, samples, 2 * n, Status.COMPLETED, ""
+
+
+TRACE_RUNS = {"hutchinson": (_hutchinson, 1), "hutch++": (_hutchpp, 3), "xtrace": (_xtrace, 4)}
 
 
 def trace(
@@ -151,6 +277,9 @@ def trace(
     seed: SeedLike = 0,
     probe: str = "rademacher",
     block_size: int | None = None,
+    progress: bool | None = None,
+    work_dtype: WorkDtype = "auto",
+    checkpoint: str | os.PathLike | None = None,
 ) -> TraceResult:
     """Estimate ``tr A`` with a standard error.
 
@@ -158,9 +287,16 @@ def trace(
         A: symmetric operator (``@``, ``shape``, ``dtype``, ``device``).
         method: ``"hutchinson"``, ``"hutch++"`` or ``"xtrace"``.
         num_matvecs: product budget ``m`` (Hutch++ uses ``3⌊m/3⌋`` … all ``m``, XTrace ``2⌊m/2⌋``).
-        seed: seed or generator for the probes.
+        seed: int or ``torch.Generator`` for the probes.
         probe: ``"rademacher"`` (default) or ``"gaussian"``.
-        block_size: Hutchinson probes per block product (memory ``block_size · D``).
+        block_size: columns per product ``A @ X`` for every product (default: one block per
+            stage); memory of a product is ``block_size · D``.
+        progress: show a progress bar (default ``None``: only on a terminal).
+        work_dtype: dtype of probes, sketches and their QR (``"auto"``: float64 when it fits, see
+            :mod:`curvscope.linalg.precision`); products run in ``A.dtype``.
+        checkpoint: a file where each finished product block is saved (only ``zᵀAz`` for
+            Hutchinson) with the operator's fingerprint; the same call with the same file resumes
+            and returns the uninterrupted result; another operator raises ``StaleStateError``.
 
     Returns:
         A :class:`TraceResult`.
@@ -177,46 +313,17 @@ def trace(
         (True, 30)
     """
     t0 = time.perf_counter()
-    D, dtype, device = check_operator(A)
-    gen = make_generator(seed)
-    status, msg = "completed", ""
-    if method == "hutchinson":
-        _check(num_matvecs, 1, method)
-        Z = probes(probe, D, num_matvecs, gen, dtype, device)
-        samples = (Z * _blocked(A, Z, block_size)).sum(0)
-        est, se = _mean_se(samples)
-        used = num_matvecs
-    elif method == "hutch++":
-        _check(num_matvecs, 3, method)
-        k = num_matvecs // 3
-        n_g = num_matvecs - 2 * k
-        Q = torch.linalg.qr(A @ probes(probe, D, k, gen, dtype, device)).Q
-        low = (Q * (A @ Q)).sum()
-        G = probes(probe, D, n_g, gen, dtype, device)
-        Gp = G - Q @ (Q.T @ G)
-        samples = (Gp * (A @ Gp)).sum(0)
-        m, se = _mean_se(samples)
-        est, used = low + m, num_matvecs
-    elif method == "xtrace":
-        _check(num_matvecs, 4, method)
-        n = num_matvecs // 2
-        Om, Y, Q, _, Z, S = _xsketch(A, D, n, gen, probe, dtype, device)
-        H = Q.T @ Z
-        used = 2 * n
-        if S is None:
-            est, se = torch.trace(H), torch.zeros((), dtype=dtype)
-            samples = est.reshape(1)
-            status, msg = "exact", "the sketch spans the range of A: the trace is exact"
-        else:
-            W = Q.T @ Om
-            c = (S * W).sum(0)
-            Bm = W - S * c
-            U = Om - Q @ Bm
-            AU = Y - Z @ Bm
-            samples = torch.trace(H) - (S * (H @ S)).sum(0) + (U * AU).sum(0)
-            est, se = _mean_se(samples)
-    else:
+    if method not in TRACE_RUNS:
         raise ValueError(f"unknown trace method {method!r}; valid: {TRACE_METHODS}")
+    run, least = TRACE_RUNS[method]
+    _check(num_matvecs, least, method)
+    D, wd, device, gen, mv, rank_tol = _setup(
+        A, method, num_matvecs, seed, block_size, progress, checkpoint, work_dtype, f"trace ({method})", probe
+    )
+    try:
+        est, se, samples, used, status, msg = run(mv, D, num_matvecs, gen, probe, wd, device, rank_tol)
+    finally:
+        mv.bar.close()
     return TraceResult(
         estimate=float(est),
         stderr=float(se),
@@ -229,6 +336,33 @@ def trace(
     )
 
 
+def _diag_hutchinson(mv, D, m, gen, dtype, device, rank_tol):
+    est, se = _mean_se(mv(probes("rademacher", D, m, gen, dtype, device), "AZ", _hadamard), dim=1)
+    return est, se, m, Status.COMPLETED, ""
+
+
+def _xdiag(mv, D, m, gen, dtype, device, rank_tol):
+    n = m // 2
+    Om, Y, Q, R, Z, S = _xsketch(mv, D, n, gen, "rademacher", dtype, device, rank_tol)
+    base = (Q * Z).sum(1)
+    if S is None:
+        return (
+            base,
+            torch.zeros_like(base),
+            2 * n,
+            Status.EXACT,
+            "the sketch spans the range of A: the diagonal is exact",
+        )
+    QS, ZS = Q @ S, Z @ S
+    coef = R - S * (S * R).sum(0)
+    samples = base[:, None] - QS * ZS + Om * (Y - Q @ coef)
+    est, se = _mean_se(samples, dim=1)
+    return est, se, 2 * n, Status.COMPLETED, ""
+
+
+DIAG_RUNS = {"hutchinson": (_diag_hutchinson, 1), "xdiag": (_xdiag, 4)}
+
+
 def diagonal(
     A: Any,
     method: str = "xdiag",
@@ -236,6 +370,9 @@ def diagonal(
     *,
     seed: SeedLike = 0,
     block_size: int | None = None,
+    progress: bool | None = None,
+    work_dtype: WorkDtype = "auto",
+    checkpoint: str | os.PathLike | None = None,
 ) -> DiagonalResult:
     """Estimate ``diag A`` ``[D]`` with per-entry standard errors (Rademacher probes).
 
@@ -243,8 +380,11 @@ def diagonal(
         A: symmetric operator.
         method: ``"hutchinson"`` or ``"xdiag"``.
         num_matvecs: product budget (XDiag uses ``2⌊m/2⌋``).
-        seed: seed or generator for the probes.
-        block_size: Hutchinson probes per block product.
+        seed: int or ``torch.Generator`` for the probes.
+        block_size: columns per product ``A @ X`` (default: one block per stage).
+        progress: show a progress bar (default ``None``: only on a terminal).
+        work_dtype: dtype of probes, sketches and their QR (see :func:`trace`).
+        checkpoint: a file of finished product blocks (see :func:`trace`).
 
     Returns:
         A :class:`DiagonalResult`.
@@ -257,30 +397,17 @@ def diagonal(
         [1.0, 2.0, 3.0, 4.0]
     """
     t0 = time.perf_counter()
-    D, dtype, device = check_operator(A)
-    gen = make_generator(seed)
-    status, msg = "completed", ""
-    if method == "hutchinson":
-        _check(num_matvecs, 1, method)
-        Z = probes("rademacher", D, num_matvecs, gen, dtype, device)
-        est, se = _mean_se(Z * _blocked(A, Z, block_size), dim=1)
-        used = num_matvecs
-    elif method == "xdiag":
-        _check(num_matvecs, 4, method)
-        n = num_matvecs // 2
-        Om, Y, Q, R, Z, S = _xsketch(A, D, n, gen, "rademacher", dtype, device)
-        base = (Q * Z).sum(1)
-        used = 2 * n
-        if S is None:
-            est, se = base, torch.zeros_like(base)
-            status, msg = "exact", "the sketch spans the range of A: the diagonal is exact"
-        else:
-            QS, ZS = Q @ S, Z @ S
-            coef = R - S * (S * R).sum(0)
-            samples = base[:, None] - QS * ZS + Om * (Y - Q @ coef)
-            est, se = _mean_se(samples, dim=1)
-    else:
+    if method not in DIAG_RUNS:
         raise ValueError(f"unknown diagonal method {method!r}; valid: {DIAG_METHODS}")
+    run, least = DIAG_RUNS[method]
+    _check(num_matvecs, least, method)
+    D, wd, device, gen, mv, rank_tol = _setup(
+        A, method, num_matvecs, seed, block_size, progress, checkpoint, work_dtype, f"diagonal ({method})"
+    )
+    try:
+        est, se, used, status, msg = run(mv, D, num_matvecs, gen, wd, device, rank_tol)
+    finally:
+        mv.bar.close()
     return DiagonalResult(
         estimate=est.detach().to("cpu", torch.float64),
         stderr=se.detach().to("cpu", torch.float64),
