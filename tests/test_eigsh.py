@@ -108,14 +108,15 @@ def test_ctrl_c_returns_partial_with_honest_flags():
     tm = make("negative", 300, seed=0)  # needs 4 restarts: interrupt after the first
     res = eigsh(InterruptAfter(tm.A, 60), 5, "LA", tol=1e-8, ncv=30, progress=False)
     assert res.status == "interrupted" and res.partial and res.residual_kind == "ritz"
-    assert 0 < res.num_converged < 5
+    assert res.num_converged == 0 and 0 < int(res.within_tol.sum()) < 5  # estimates certify nothing
     V, lam = res.eigenvectors, res.eigenvalues
     true_res = (tm.A @ V - V * lam).norm(dim=0)
-    assert bool((true_res[res.converged] <= 1e-8 * res.anorm * 1.01).all())
+    assert bool((true_res[res.within_tol] <= 1e-8 * res.anorm * 1.01).all())
     # interrupted during the final certificate product: Lanczos estimates, still flagged honestly
     full = eigsh(MatmulOnly(tm.A), 5, "LA", tol=1e-8, ncv=30, progress=False)
     late = eigsh(InterruptAfter(tm.A, full.num_matvecs - 5), 5, "LA", tol=1e-8, ncv=30, progress=False)
-    assert late.status == "interrupted" and late.residual_kind == "ritz" and late.num_converged == 5
+    assert late.status == "interrupted" and late.residual_kind == "ritz"
+    assert late.num_converged == 0 and bool(late.within_tol.all()) and not late.status.trusted
     assert torch.allclose(late.eigenvalues, full.eigenvalues, atol=1e-12, rtol=0)
 
 
@@ -130,18 +131,33 @@ class Noisy(MatmulOnly):
         return super().__matmul__(X) + 1e-7 * torch.randn(X.shape, generator=self.g, dtype=X.dtype)
 
 
-@pytest.mark.parametrize(("kind", "extra"), [("true", 3), ("verified", 2)])
-def test_certificates_catch_a_nondeterministic_operator(kind, extra):
+@pytest.mark.parametrize(("kind", "extra", "status"), [("true", 3, "converged"), ("estimated", 2, "unverified")])
+def test_certificates_catch_a_nondeterministic_operator(kind, extra, status):
     tm = make("spiked", 300, seed=0)
     clean = eigsh(MatmulOnly(tm.A), 3, tol=TOL, residuals=kind, progress=False)
     ritz = eigsh(MatmulOnly(tm.A), 3, tol=TOL, residuals="ritz", progress=False)
-    assert clean.status == "converged" and clean.num_matvecs == ritz.num_matvecs + extra
-    # measured residuals equal the Lanczos estimates to round-off; the verified bound never undercuts them
+    # only a measured residual certifies: an estimate meeting tol is "unverified", never "converged"
+    assert clean.status == status and clean.num_matvecs == ritz.num_matvecs + extra
+    assert clean.within_tol.all() and bool(clean.converged.all()) == (kind == "true")
+    assert clean.status.trusted == (kind == "true") and "residuals='true'" in (
+        clean.message if kind != "true" else "residuals='true'"
+    )
+    # measured residuals equal the Lanczos estimates to round-off; the estimate never undercuts them
     assert torch.allclose(clean.residuals, ritz.residuals, rtol=0, atol=1e-12 * clean.anorm)
     assert kind == "true" or bool((clean.residuals >= ritz.residuals).all())
     noisy = eigsh(Noisy(tm.A), 3, tol=TOL, residuals=kind, progress=False)
     assert noisy.status == "unverified" and not noisy.converged.any() and "deterministic" in noisy.message
-    assert eigsh(Noisy(tm.A), 3, tol=TOL, residuals="ritz", progress=False).converged.all()  # why "ritz" is opt-in
+    lazy = eigsh(Noisy(tm.A), 3, tol=TOL, residuals="ritz", progress=False)  # why "ritz" is opt-in:
+    assert lazy.within_tol.all() and not lazy.converged.any() and lazy.status == "unverified"
+
+
+def test_verified_is_the_deprecated_name_of_estimated():
+    tm = make("spiked", 100, seed=0)
+    with pytest.warns(DeprecationWarning, match="residuals='estimated'"):
+        old = eigsh(MatmulOnly(tm.A), 2, tol=TOL, residuals="verified", progress=False)
+    new = eigsh(MatmulOnly(tm.A), 2, tol=TOL, residuals="estimated", progress=False)
+    assert old.residual_kind == new.residual_kind == "estimated" and old.status == new.status == "unverified"
+    assert torch.equal(old.residuals, new.residuals)
 
 
 def test_full_space_and_tiny_operators():
@@ -154,8 +170,9 @@ def test_full_space_and_tiny_operators():
 def test_float32_meets_its_default_tolerance():
     tm = make("spiked", 200, seed=0)
     A32 = tm.A.float()
-    res = eigsh(A32, 3, "LA", progress=False)
+    res = eigsh(A32, 3, "LA", progress=False)  # work_dtype="auto": float64 Krylov arithmetic
     assert res.status == "converged" and res.tol == pytest.approx(torch.finfo(torch.float32).eps ** 0.5)
+    assert res.eigenvectors.dtype == DT and "does not measure its noise" in res.tol_reason
     assert torch.allclose(res.eigenvalues.double(), tm.eigenvalues[-3:].flip(0), rtol=1e-5)
     # float64 Krylov arithmetic on the float32 operator: products stay float32, vectors come back float64
     op = MatmulOnly(A32)

@@ -33,8 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvscope.common import SeedLike, Status, as_status, make_generator, make_progress
 from curvscope.io import load_tensors, save_tensors
-from curvscope.linalg.sampling import SeedLike, gaussian, make_generator
+from curvscope.linalg.precision import WorkDtype, promote, resolve_work_dtype
+from curvscope.linalg.sampling import gaussian
 from curvscope.linalg.storage import BasisStorage, DeviceStorage, StorageFactory, make_storage
 
 #: Reorthogonalise again while a pass keeps less than this fraction of the norm.
@@ -65,38 +67,6 @@ def check_operator(A: Any) -> tuple[int, torch.dtype, torch.device]:
     if not torch.empty((), dtype=A.dtype).is_floating_point():
         raise TypeError(f"the operator's dtype must be floating point, got {A.dtype}")
     return int(shape[0]), A.dtype, torch.device(A.device)
-
-
-class Promoted:
-    """``A`` seen in a wider ``work_dtype``: products run in ``A``'s dtype, the Krylov arithmetic in ``work_dtype``.
-
-    With a float32 operator and ``work_dtype=torch.float64`` the basis, the
-    orthogonalisation and the Ritz values carry float64 round-off, so the accuracy is
-    limited by the operator's own rounding, not by float32 Gram–Schmidt (what ARPACK
-    through SciPy does). Memory of the basis doubles.
-
-    Example:
-        >>> import torch
-        >>> P = Promoted(torch.eye(2), torch.float64)
-        >>> (P @ torch.ones(2, dtype=torch.float64)).dtype
-        torch.float64
-    """
-
-    def __init__(self, A: Any, work_dtype: torch.dtype) -> None:
-        self.A, self.op_dtype = A, A.dtype
-        self.shape, self.dtype, self.device = tuple(A.shape), work_dtype, torch.device(A.device)
-
-    def __matmul__(self, X: Tensor) -> Tensor:
-        return (self.A @ X.to(self.op_dtype)).to(self.dtype)
-
-
-def promote(A: Any, work_dtype: torch.dtype | None) -> Any:
-    """``A`` itself, or :class:`Promoted` when ``work_dtype`` differs from its dtype."""
-    if work_dtype is None or work_dtype == A.dtype:
-        return A
-    if not torch.empty((), dtype=work_dtype).is_floating_point():
-        raise TypeError(f"work_dtype must be a floating dtype, got {work_dtype}")
-    return Promoted(A, work_dtype)
 
 
 def default_breakdown_tol(dtype: torch.dtype) -> float:
@@ -167,7 +137,8 @@ class LanczosResult:
         basis: the stored ``q₁ … q_{m+1}`` (the last is ``r/‖r‖``), or ``None`` when not kept.
         num_matvecs: operator-vector products spent (a block of ``B`` counts ``B``).
         wall_time: seconds.
-        status: ``"completed"``, ``"invariant_subspace"`` (some run broke down) or ``"interrupted"``.
+        status: a :class:`~curvscope.common.Status` (a ``str``): ``completed``,
+            ``invariant_subspace`` (some run broke down: its Ritz values are exact) or ``interrupted``.
         message: what happened, in words.
     """
 
@@ -177,8 +148,11 @@ class LanczosResult:
     basis: BasisStorage | None
     num_matvecs: int
     wall_time: float
-    status: str
+    status: Status
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", as_status(self.status))  # a loaded file stores the string
 
     @property
     def num_runs(self) -> int:
@@ -258,6 +232,118 @@ class LanczosResult:
         return cls(t["alpha"], t["beta"], t["lengths"], basis, **meta)
 
 
+def check_block_size(block_size: int | None) -> int | None:
+    """``None`` (all vectors in one product) or a positive number of vectors per product."""
+    if block_size is None:
+        return None
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int (vectors per product) or None, got {block_size!r}")
+    return block_size
+
+
+def matmul_blocks(A: Any, X: Tensor, block_size: int | None) -> Tensor:
+    """``A @ X`` for ``X`` ``[D, K]``, in products of at most ``block_size`` columns (``None``: one product).
+
+    Example:
+        >>> import torch
+        >>> X = torch.eye(3, dtype=torch.float64)
+        >>> bool(torch.equal(matmul_blocks(2 * X, X, 2), 2 * X))
+        True
+    """
+    if block_size is None or X.shape[1] <= block_size:
+        return A @ X
+    return torch.cat([A @ X[:, i : i + block_size] for i in range(0, X.shape[1], block_size)], dim=1)
+
+
+def no_checkpoint(checkpoint: Any, what: str, instead: str) -> None:
+    """Refuse ``checkpoint`` for an algorithm that has no resumable state, saying where it lives."""
+    if checkpoint is not None:
+        raise ValueError(f"{what} does not checkpoint: {instead}")
+
+
+@dataclass
+class _Runs:
+    """The state of ``B`` lock-step Lanczos runs while they are built."""
+
+    store: BasisStorage
+    alpha: Tensor
+    beta: Tensor
+    lengths: Tensor
+    active: Tensor
+    scale: Tensor
+    matvecs: int = 0
+    done: int = 0
+
+
+def _start_block(D: int, v0: Tensor | None, gen: torch.Generator, dtype, device) -> tuple[Tensor, bool]:
+    if v0 is None:
+        V = gaussian(D, 1, gen, dtype, device)
+        return V / V.norm(dim=0), True
+    if v0.ndim not in (1, 2) or v0.shape[0] != D:
+        raise ValueError(f"v0 must be [{D}] or [{D}, B], got {tuple(v0.shape)}")
+    V = v0.reshape(D, -1).to(dtype=dtype, device=device)
+    norms = V.norm(dim=0)
+    if bool((norms == 0).any()) or not bool(torch.isfinite(norms).all()):
+        raise ValueError("a start vector is zero or not finite: pass nonzero finite columns in v0")
+    return V / norms, v0.ndim == 1
+
+
+def _step(A: Any, r: _Runs, j: int, block_size: int | None) -> tuple[Tensor, Tensor]:
+    """Step ``j`` of every active run: one block product, the three-term step, reorthogonalisation."""
+    Qj = r.store.column(j)
+    if bool(r.active.all()):
+        W = matmul_blocks(A, Qj, block_size)
+    else:
+        W = torch.zeros_like(Qj)
+        idx = r.active.nonzero().flatten().to(Qj.device)
+        W[:, idx] = matmul_blocks(A, Qj[:, idx], block_size)
+    r.matvecs += int(r.active.sum())
+    r.scale = torch.maximum(r.scale, W.norm(dim=0))
+    # The three-term step first, then full reorthogonalisation removes only round-off:
+    # one pass usually passes the DGKS test, halving the reads of the basis.
+    if j > 0:
+        W = W - r.beta[:, j - 1] * r.store.column(j - 1)
+    a = (Qj * W).sum(0)
+    W = W - a * Qj
+    h, W, b = orthogonalize(r.store, W, j + 1, min_passes=1)
+    r.alpha[:, j] = a + h[j]
+    act = r.active.to(W.device)
+    r.beta[:, j] = b * act
+    return torch.where(b > 0, W / torch.where(b > 0, b, 1), 0) * act, b
+
+
+def _breakdown(r: _Runs, j: int, Qn: Tensor, broke: Tensor, breakdown: str, gen, btol: float) -> Tensor:
+    """Runs whose ``β`` vanished: stop them, or continue with a fresh orthogonal direction."""
+    if breakdown == "stop":
+        r.lengths[broke] = j + 1
+        r.active &= ~broke
+        return Qn
+    D, B = Qn.shape
+    R = gaussian(D, B, gen, Qn.dtype, Qn.device)
+    r0 = R.norm(dim=0)
+    _, R, rn = orthogonalize(r.store, R, j + 1)
+    exhausted = (rn <= btol * r0).cpu() & broke
+    fresh = (broke & ~exhausted).to(Qn.device)
+    Qn = torch.where(fresh, R / rn.clamp(min=torch.finfo(Qn.dtype).tiny), Qn)
+    r.beta[:, j] = torch.where(fresh, 0, r.beta[:, j])
+    if bool(exhausted.any()):  # the whole space is spanned: nothing new to add
+        r.lengths[exhausted] = j + 1
+        r.active &= ~exhausted
+    return Qn
+
+
+def _status(r: _Runs, m: int, interrupted: bool) -> tuple[Status, str]:
+    if interrupted:
+        return Status.INTERRUPTED, f"interrupted after {r.done} of {m} steps; the result covers those"
+    if bool((r.lengths < m).any()):
+        stopped = (r.lengths < m).nonzero().flatten().tolist()
+        return Status.INVARIANT_SUBSPACE, (
+            f"run(s) {stopped} found an invariant subspace after {r.lengths[stopped].tolist()} steps: their "
+            f"Ritz values are exact eigenvalues and their quadrature is exact"
+        )
+    return Status.COMPLETED, f"{m} steps per run"
+
+
 def lanczos(
     A: Any,
     num_steps: int,
@@ -269,7 +355,10 @@ def lanczos(
     breakdown_tol: float | None = None,
     keep_basis: bool = True,
     callback: Callable[[int, int], None] | None = None,
-    work_dtype: torch.dtype | None = None,
+    progress: bool | None = None,
+    block_size: int | None = None,
+    work_dtype: WorkDtype = "auto",
+    checkpoint: None = None,
 ) -> LanczosResult:
     """Run ``num_steps`` Lanczos steps with full reorthogonalisation.
 
@@ -286,8 +375,13 @@ def lanczos(
         breakdown_tol: relative size of ``β`` treated as zero (default ``100·eps``).
         keep_basis: keep the basis in the result (otherwise its memory is released).
         callback: called as ``callback(step, num_matvecs)`` after every step (progress bars).
-        work_dtype: dtype of the basis and the orthogonalisation (default: the operator's);
-            ``torch.float64`` on a float32 operator removes float32 Gram–Schmidt round-off.
+        progress: show a progress bar; default ``None``: only on a terminal, and not when a
+            ``callback`` is given (the caller then reports progress itself).
+        block_size: most vectors in one product (``None``: all ``B`` runs in one block product).
+        work_dtype: dtype of the basis and the orthogonalisation: ``"auto"`` (float64 when it
+            fits, see :mod:`curvscope.linalg.precision`), ``None`` (the operator's) or a dtype.
+        checkpoint: must be ``None``: one run is a single pass of ``m`` products; resumable runs
+            are ``spectral_density(checkpoint=...)`` (finished probe blocks) and ``eigsh(checkpoint=...)``.
 
     Returns:
         A :class:`LanczosResult` with ``A Q = Q T + r e_mᵀ`` to round-off.
@@ -297,7 +391,7 @@ def lanczos(
         >>> from curvscope.operators import DenseOperator
         >>> A = DenseOperator(torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64)))
         >>> res = lanczos(A, 6, seed=0)
-        >>> res.status, res.num_matvecs
+        >>> str(res.status), res.num_matvecs
         ('completed', 6)
         >>> [round(x, 8) for x in res.ritz()[0].tolist()]
         [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
@@ -306,114 +400,56 @@ def lanczos(
         True
     """
     t0 = time.perf_counter()
-    check_operator(A)
-    A = promote(A, work_dtype)
-    D, dtype, device = check_operator(A)
+    D, op_dtype, device = check_operator(A)
     if breakdown not in ("stop", "restart"):
         raise ValueError(f"breakdown must be 'stop' or 'restart', got {breakdown!r}")
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    gen = make_generator(seed)
-    if v0 is None:
-        V, single = gaussian(D, 1, gen, dtype, device), True
-    else:
-        if v0.ndim not in (1, 2) or v0.shape[0] != D:
-            raise ValueError(f"v0 must be [{D}] or [{D}, B], got {tuple(v0.shape)}")
-        single = v0.ndim == 1
-        V = v0.reshape(D, -1).to(dtype=dtype, device=device)
-    B = V.shape[1]
-    norms = V.norm(dim=0)
-    if bool((norms == 0).any()) or not bool(torch.isfinite(norms).all()):
-        raise ValueError("a start vector is zero or not finite: pass nonzero finite columns in v0")
-    V = V / norms
+    no_checkpoint(checkpoint, "lanczos", "resume spectral_density(checkpoint=...) or eigsh(checkpoint=...)")
+    block_size = check_block_size(block_size)
     m = min(int(num_steps), D)
+    B0 = 1 if v0 is None or v0.ndim == 1 else v0.shape[1]
+    dtype = resolve_work_dtype(work_dtype, op_dtype, D, B0 * (m + 1), storage, device, "lanczos")
+    A = promote(A, dtype)
+    gen = make_generator(seed)
+    V, single = _start_block(D, v0, gen, dtype, device)
+    B = V.shape[1]
     note = f" (num_steps={num_steps} clamped to D={D})" if m < num_steps else ""
     btol = default_breakdown_tol(dtype) if breakdown_tol is None else float(breakdown_tol)
-
     store = make_storage(storage, D, m + 1, B, dtype, device)
     store.append(V)
-    alpha = torch.zeros(B, m, dtype=dtype, device=device)
-    beta = torch.zeros(B, m, dtype=dtype, device=device)
-    lengths = torch.full((B,), m, dtype=torch.long)
-    active = torch.ones(B, dtype=torch.bool)
-    scale = torch.zeros(B, dtype=dtype, device=device)
-    matvecs, done, interrupted = 0, 0, False
+    zeros = torch.zeros(B, m, dtype=dtype, device=device)
+    r = _Runs(store, zeros, zeros.clone(), torch.full((B,), m, dtype=torch.long),
+              torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=dtype, device=device))  # fmt: skip
+    bar = make_progress(B * m, False if progress is None and callback is not None else progress, "lanczos")
+    interrupted = False
     try:
         for j in range(m):
-            if not bool(active.any()):
+            if not bool(r.active.any()):
                 break
-            Qj = store.column(j)
-            if bool(active.all()):
-                W = A @ Qj
-            else:
-                W = torch.zeros_like(Qj)
-                idx = active.nonzero().flatten().to(device)
-                W[:, idx] = A @ Qj[:, idx]
-            matvecs += int(active.sum())
-            scale = torch.maximum(scale, W.norm(dim=0))
-            # The three-term step first, then full reorthogonalisation removes only round-off:
-            # one pass usually passes the DGKS test, halving the reads of the basis.
-            if j > 0:
-                W = W - beta[:, j - 1] * store.column(j - 1)
-            a = (Qj * W).sum(0)
-            W = W - a * Qj
-            h, W, b = orthogonalize(store, W, j + 1, min_passes=1)
-            alpha[:, j] = a + h[j]
-            act = active.to(device)
-            broke = (act & (b <= btol * scale)).cpu()
-            Qn = torch.where(b > 0, W / torch.where(b > 0, b, 1), 0) * act
-            beta[:, j] = b * act
+            Qn, b = _step(A, r, j, block_size)
+            broke = (r.active.to(device) & (b <= btol * r.scale)).cpu()
             if bool(broke.any()) and j + 1 < m:
-                if breakdown == "stop":
-                    lengths[broke] = j + 1
-                    active &= ~broke
-                else:
-                    R = gaussian(D, B, gen, dtype, device)
-                    r0 = R.norm(dim=0)
-                    _, R, rn = orthogonalize(store, R, j + 1)
-                    exhausted = (rn <= btol * r0).cpu() & broke
-                    fresh = (broke & ~exhausted).to(device)
-                    Qn = torch.where(fresh, R / rn.clamp(min=torch.finfo(dtype).tiny), Qn)
-                    beta[:, j] = torch.where(fresh, 0, beta[:, j])
-                    if bool(exhausted.any()):  # the whole space is spanned: nothing new to add
-                        lengths[exhausted] = j + 1
-                        active &= ~exhausted
+                Qn = _breakdown(r, j, Qn, broke, breakdown, gen, btol)
             store.append(Qn)
-            done = j + 1
+            r.done = j + 1
+            bar.update(r.matvecs - bar.n)
             if callback is not None:
-                callback(done, matvecs)
+                callback(r.done, r.matvecs)
     except KeyboardInterrupt:
         interrupted = True
-        store.truncate(min(store.size, done + 1))
-        lengths = lengths.clamp(max=done)
-        alpha, beta = alpha[:, :done], beta[:, :done]
-
-    if interrupted:
-        status, message = "interrupted", f"interrupted after {done} of {m} steps; the result covers those"
-    elif bool((lengths < m).any()):
-        stopped = (lengths < m).nonzero().flatten().tolist()
-        status = "invariant_subspace"
-        message = (
-            f"run(s) {stopped} found an invariant subspace after {lengths[stopped].tolist()} steps: their "
-            f"Ritz values are exact eigenvalues and their quadrature is exact"
-        )
-    else:
-        status, message = "completed", f"{m} steps per run"
-    message += note
+        store.truncate(min(store.size, r.done + 1))
+        r.lengths = r.lengths.clamp(max=r.done)
+        r.alpha, r.beta = r.alpha[:, : r.done], r.beta[:, : r.done]
+    finally:
+        bar.close()
+    status, message = _status(r, m, interrupted)
     if note:
         warnings.warn(f"lanczos: {note.strip(' ()')}", stacklevel=2)
     if not keep_basis:
         store.close()
-    alpha64, beta64 = alpha.to("cpu", torch.float64), beta.to("cpu", torch.float64)
+    alpha64, beta64 = r.alpha.to("cpu", torch.float64), r.beta.to("cpu", torch.float64)
     if single:
         alpha64, beta64 = alpha64[0], beta64[0]
-    return LanczosResult(
-        alpha=alpha64,
-        beta=beta64,
-        lengths=lengths,
-        basis=store if keep_basis else None,
-        num_matvecs=matvecs,
-        wall_time=time.perf_counter() - t0,
-        status=status,
-        message=message,
-    )
+    return LanczosResult(alpha64, beta64, r.lengths, store if keep_basis else None, r.matvecs,
+                         time.perf_counter() - t0, status, message + note)  # fmt: skip
