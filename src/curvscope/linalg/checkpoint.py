@@ -57,12 +57,13 @@ def load_state(
     if path is None or not Path(path).exists():
         return None
     tensors, meta = load_tensors(path)
+    if fingerprint is not None:  # first: what the operator measures, named field by field
+        check_fingerprint(meta.get("fingerprint"), fingerprint, f"checkpoint {path}")
     if meta.get("config") != config:
         raise ValueError(
             f"checkpoint {path} was written for {meta.get('config')}, not {config}: remove it or pass another path"
         )
     if fingerprint is not None:
-        check_fingerprint(meta.get("fingerprint"), fingerprint, f"checkpoint {path}")
         if fingerprint.get("opaque"):
             warnings.warn(
                 f"resuming checkpoint {path} for a {fingerprint.get('kind')} operator whose content cannot be "
