@@ -5,7 +5,15 @@
   (:func:`power_iteration` as a baseline);
 - :func:`spectral_density` — SLQ and KPM densities;
 - :func:`trace`, :func:`diagonal` — Hutchinson, Hutch++, XTrace / XDiag estimators;
-- :mod:`~curvscope.linalg.storage` — where Krylov bases live (device, host, disk).
+- :mod:`~curvscope.linalg.storage` — where Krylov bases live (device, host, disk);
+- :mod:`~curvscope.linalg.precision` — the one rule for ``work_dtype="auto"`` and the default
+  tolerance (``sqrt(eps)`` of the arithmetic, or 10 x the operator's measured noise floor).
+
+Every algorithm takes the same keywords with the same meaning: ``seed`` (int or
+``torch.Generator``), ``progress`` (``None``: a bar only on a terminal), ``block_size`` (most
+vectors in one product), ``work_dtype`` (``"auto"``) and ``checkpoint`` (a resumable-state file,
+refused for another operator); a keyword without meaning for an algorithm is refused, never
+ignored. Results carry a :class:`~curvscope.common.Status` and a message.
 """
 
 from curvscope.linalg.density import Density, spectral_density, wasserstein1
