@@ -8,7 +8,7 @@ blocks on disk and runs the few algorithms a sketch needs as passes over *row ch
 
 **Format.** A store is a directory::
 
-    manifest.json                 {"format", "version", "dim", "dtype", "spec"}
+    manifest.json                 {"format", "version", "dim", "dtype", "spec", "fingerprint"}
     blocks/<name>.safetensors     one file per block: tensor "data" [D, b] (+ small extras)
 
 Why safetensors, one file per block, and a JSON manifest: safetensors is already a
@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from curvscope.io import atomic_path, atomic_write_json, load_tensors, read_json, save_tensors
+from curvscope.operators.fingerprint import check_fingerprint
 
 FORMAT = "curvscope.blockstore"
 VERSION = 1
@@ -69,6 +70,10 @@ class BlockStore:
         dtype: dtype of the blocks.
         spec: JSON-able description of what the blocks are; opening an existing store with
             a different ``dim``, ``dtype`` or ``spec`` raises instead of mixing computations.
+        fingerprint: :func:`~curvscope.operators.fingerprint.operator_fingerprint` of the operator
+            the blocks measure; reopening with another raises
+            :class:`~curvscope.operators.fingerprint.StaleStateError` naming what changed (a store
+            written without one cannot be checked and is refused too).
 
     Example:
         >>> import tempfile, torch
@@ -78,24 +83,42 @@ class BlockStore:
         (['y_00000'], [[1.0, 0.0], [0.0, 1.0]])
     """
 
-    def __init__(self, path: str | os.PathLike, dim: int, dtype: torch.dtype, spec: dict | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        dim: int,
+        dtype: torch.dtype,
+        spec: dict | None = None,
+        fingerprint: dict | None = None,
+    ) -> None:
         self.path = Path(path)
         self.dim, self.dtype = int(dim), dtype
         self.manifest = {"format": FORMAT, "version": VERSION, "dim": self.dim, "dtype": _dtype_name(dtype)}
         self.manifest["spec"] = _normal(spec or {})
+        if fingerprint is not None:
+            self.manifest["fingerprint"] = _normal(fingerprint)
         file = self.path / "manifest.json"
         if file.exists():
-            have = read_json(file)
-            if have != self.manifest:
-                raise ValueError(
-                    f"the block store {self.path} holds blocks of another computation: it was made for "
-                    f"{have}, this run is {self.manifest}. Pass a new store directory, or delete {self.path} "
-                    f"to start over."
-                )
+            self._check(read_json(file), fingerprint is not None)
         else:
             (self.path / "blocks").mkdir(parents=True, exist_ok=True)
             atomic_write_json(file, self.manifest)
         (self.path / "blocks").mkdir(parents=True, exist_ok=True)
+
+    def _check(self, have: dict, with_fingerprint: bool) -> None:
+        """Refuse a store of another computation; name what changed in the operator it measured."""
+        if {k: v for k, v in have.items() if k != "fingerprint"} != {
+            k: v for k, v in self.manifest.items() if k != "fingerprint"
+        }:
+            raise ValueError(
+                f"the block store {self.path} holds blocks of another computation: it was made for "
+                f"{have}, this run is {self.manifest}. Pass a new store directory, or delete {self.path} "
+                f"to start over."
+            )
+        if with_fingerprint:
+            check_fingerprint(have.get("fingerprint"), self.manifest["fingerprint"], f"the block store {self.path}")
+        elif "fingerprint" in have:  # opened without an operator (BlockStore.open, merge): keep its identity
+            self.manifest["fingerprint"] = have["fingerprint"]
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> BlockStore:
@@ -106,7 +129,7 @@ class BlockStore:
         m = read_json(file)
         if m.get("format") != FORMAT:
             raise ValueError(f"{path} is not a {FORMAT} directory: its manifest says {m.get('format')!r}")
-        return cls(path, m["dim"], getattr(torch, m["dtype"]), m["spec"])
+        return cls(path, m["dim"], getattr(torch, m["dtype"]), m["spec"], m.get("fingerprint"))
 
     def file(self, name: str) -> Path:
         """Path of the block ``name``."""

@@ -42,16 +42,23 @@ sketch the work is streamed from disk (eigenvectors then come back as a
 
 from __future__ import annotations
 
-import math
+import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from curvscope.common import SeedLike, Status, as_status, make_generator
 from curvscope.io import load_tensors, save_tensors
 from curvscope.linalg import blockstore as bs
+from curvscope.linalg.density_runs import fingerprint_of
+from curvscope.linalg.precision import WorkDtype, resolve_work_dtype
+from curvscope.linalg.sketch_errors import error_estimates as _error_estimates
+from curvscope.linalg.sketch_errors import residuals as _residuals
+from curvscope.linalg.sketch_errors import tail_factor
 from curvscope.linalg.sketch_recovery import (
     METHODS,
     SORTS,
@@ -80,7 +87,11 @@ class SketchResult:
             bounds on ``‖A − Â‖_F`` and ``‖A − Â‖₂`` holding with probability ``≥ 1 − confidence``.
         norm_fro: estimate of ``‖A‖_F`` from the same probes (relative errors).
         num_matvecs: products spent in total; ``matvecs`` splits them by purpose.
-        wall_time: seconds; status: ``"ok"``, ``"rank_deficient"`` or ``"not_psd"``; message: what to do.
+        wall_time: seconds.
+        status: a :class:`~curvscope.common.Status`: ``completed`` (the whole budget ran; the
+            eigenpairs are certified by ``residuals`` and ``error_*`` beside them, not by a
+            tolerance), ``rank_deficient`` (fewer than ``k`` directions) or ``not_psd`` (Nyström on
+            an indefinite ``A``). message: what to do.
         method, config: what was run.
     """
 
@@ -94,7 +105,7 @@ class SketchResult:
     num_matvecs: int
     matvecs: dict[str, int]
     wall_time: float
-    status: str
+    status: Status
     message: str
     method: str
     config: dict = field(default_factory=dict)
@@ -124,7 +135,49 @@ class SketchResult:
         tensors, meta = load_tensors(path)
         vec = tensors.get("eigenvectors")
         vec = bs.DiskMatrix(meta.pop("eigenvectors_path")) if vec is None else vec
+        meta["status"] = as_status("completed" if meta["status"] == "ok" else meta["status"])  # "ok": older files
         return cls(eigenvalues=tensors["eigenvalues"], eigenvectors=vec, residuals=tensors["residuals"], **meta)
+
+
+def _validate(A: Any, k: int, method: str, sort: str, test_vectors: str, oversampling: int) -> int:
+    """``D`` of a square operator, after checking ``k`` and the named options."""
+    for attr in ("shape", "dtype", "device", "__matmul__"):
+        if not hasattr(A, attr):
+            raise TypeError(f"A must be a linear operator with `@`, shape, dtype and device; it has no {attr!r}")
+    D = int(A.shape[0])
+    if len(A.shape) != 2 or A.shape[1] != D:
+        raise ValueError(f"A must be square, got shape {tuple(A.shape)}")
+    if not 1 <= k <= D:
+        raise ValueError(f"k={k} must lie in [1, D={D}]")
+    choices = (("method", method, METHODS), ("sort", sort, SORTS), ("test_vectors", test_vectors, TEST_VECTORS))
+    for name, value, valid in choices:
+        if value not in valid:
+            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+    if oversampling < 0:
+        raise ValueError(f"oversampling must be >= 0, got {oversampling}")
+    return D
+
+
+def _columns_per_pass(method: str, D: int, k: int, p: int, num_matvecs: int | None, power_iters: int | None,
+                      block_size: int | None) -> tuple[int, int, int, int]:  # fmt: skip
+    """``(n, passes, need, b)``: measurements per pass, passes, the least ``n`` for ``k``, block Krylov's width."""
+    b = 0
+    if method == "block_krylov":
+        if power_iters not in (None, 0):
+            raise ValueError("block_krylov has no power iterations: its depth is num_matvecs // block_size")
+        n = min(D, num_matvecs if num_matvecs is not None else 2 * (k + p))
+        b = min(block_size or max(1, min(32, n // 64)), n)
+        return n, 1, k, b  # the caller rounds n down to whole blocks
+    if method == "core":
+        if power_iters not in (None, 0):
+            raise ValueError(
+                "method='core' is single-pass; use method='subspace' or 'block_krylov' for power iterations"
+            )
+        return (num_matvecs if num_matvecs is not None else 2 * (k + p)), 1, 2 * k, b
+    q = (2 if method == "subspace" else 0) if power_iters is None else int(power_iters)
+    if method == "subspace" and q < 1:
+        raise ValueError("method='subspace' needs power_iters >= 1 (q=1 is the two-pass HMT sketch)")
+    return (num_matvecs // (q + 1) if num_matvecs is not None else k + p), q + 1, k, b
 
 
 def _plan(
@@ -139,44 +192,14 @@ def _plan(
     seed: int,
     sort: str,
     memory_budget: int | None,
+    dtype: torch.dtype | None = None,
 ) -> _Plan:
-    for attr in ("shape", "dtype", "device", "__matmul__"):
-        if not hasattr(A, attr):
-            raise TypeError(f"A must be a linear operator with `@`, shape, dtype and device; it has no {attr!r}")
-    D = int(A.shape[0])
-    if len(A.shape) != 2 or A.shape[1] != D:
-        raise ValueError(f"A must be square, got shape {tuple(A.shape)}")
-    if not 1 <= k <= D:
-        raise ValueError(f"k={k} must lie in [1, D={D}]")
-    choices = (("method", method, METHODS), ("sort", sort, SORTS), ("test_vectors", test_vectors, TEST_VECTORS))
-    for name, value, valid in choices:
-        if value not in valid:
-            raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+    """What to run: columns per pass, passes, product block; ``dtype`` is the working dtype (default ``A.dtype``)."""
+    D = _validate(A, k, method, sort, test_vectors, oversampling)
     method = "block_krylov" if method == "auto" else method
-    if oversampling < 0:
-        raise ValueError(f"oversampling must be >= 0, got {oversampling}")
-    p = oversampling
-    if method == "block_krylov":
-        if power_iters not in (None, 0):
-            raise ValueError("block_krylov has no power iterations: its depth is num_matvecs // block_size")
-        n = min(D, num_matvecs if num_matvecs is not None else 2 * (k + p))
-        b = block_size or max(1, min(32, n // 64))
-        b = min(b, n)
-        s, passes = (n // b) * b, 1
-        need = k
-    elif method == "core":
-        if power_iters not in (None, 0):
-            raise ValueError(
-                "method='core' is single-pass; use method='subspace' or 'block_krylov' for power iterations"
-            )
-        s, passes, need = (num_matvecs if num_matvecs is not None else 2 * (k + p)), 1, 2 * k
-    else:
-        q = (2 if method == "subspace" else 0) if power_iters is None else int(power_iters)
-        if method == "subspace" and q < 1:
-            raise ValueError("method='subspace' needs power_iters >= 1 (q=1 is the two-pass HMT sketch)")
-        passes = q + 1
-        s = num_matvecs // passes if num_matvecs is not None else k + p
-        need = k
+    dtype = A.dtype if dtype is None else dtype
+    n, passes, need, b = _columns_per_pass(method, D, k, oversampling, num_matvecs, power_iters, block_size)
+    s = (n // b) * b if method == "block_krylov" else n
     if s < need:
         raise ValueError(
             f"num_matvecs={num_matvecs} gives {s} measurements per pass for method={method!r}, fewer than the "
@@ -184,7 +207,7 @@ def _plan(
         )
     if s > D:
         raise ValueError(f"{s} measurements per pass exceed D={D}: use dense eigh (A.to_dense()) for so small an A")
-    per_column = _bytes_per_column(method, D, A.dtype)
+    per_column = _bytes_per_column(method, D, dtype)
     fit = s if memory_budget is None else max(1, memory_budget // (2 * per_column))
     if method != "block_krylov":
         b = block_size or min(s, 64, fit)
@@ -196,7 +219,7 @@ def _plan(
             f"memory_budget={memory_budget / 2**20:.2f} MiB cannot hold one product block of {b} vectors of "
             f"length {D} ({b * per_column / 2**20:.2f} MiB): pass a smaller block_size or a larger budget"
         )
-    return _Plan(method, D, k, s, passes, int(b), test_vectors, int(seed), sort, A.dtype, torch.device(A.device))
+    return _Plan(method, D, k, s, passes, int(b), test_vectors, int(seed), sort, dtype, torch.device(A.device))
 
 
 def _bytes_per_column(method: str, D: int, dtype: torch.dtype) -> int:
@@ -209,15 +232,44 @@ def _bytes_per_column(method: str, D: int, dtype: torch.dtype) -> int:
     return D * (8 + (8 if method == "block_krylov" else 3) * itemsize)
 
 
+def _int_seed(seed: SeedLike) -> int:
+    """Tiles of the test matrices are keyed by an int: a generator gives one by a single draw."""
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=seed))
+    return int(make_generator(seed).initial_seed())
+
+
+def _work_dtype(A: Any, work_dtype: WorkDtype, columns: int, store: Any, memory_budget: int | None) -> torch.dtype:
+    """The sketch's working dtype: ``"auto"`` is float64 when ``columns`` float64 vectors fit (a store always does)."""
+    D, floor = int(A.shape[0]), (torch.float32 if torch.finfo(A.dtype).bits < 32 else A.dtype)
+    if work_dtype == "auto" and store is None and memory_budget is not None and A.dtype != torch.float64:
+        if D * columns * 8 > memory_budget:
+            warnings.warn(
+                f"sketched_eigh: a float64 sketch ({columns} vectors of D={D}) exceeds memory_budget; computing in "
+                f"{floor}. Pass store=<directory> to keep float64 on disk.",
+                stacklevel=3,
+            )
+            return floor
+    where = "disk" if store is not None else "device"
+    return resolve_work_dtype(work_dtype, A.dtype, D, columns, where, A.device, "sketched_eigh")
+
+
+def _open_store(path: Any, plan: _Plan, A: Any) -> bs.BlockStore:
+    """The block store of this plan, refusing one made for another operator (its fingerprint)."""
+    return bs.BlockStore(path, plan.dim, plan.dtype, plan.spec(), fingerprint=fingerprint_of(A))
+
+
 def sketch_measurements(A: Any, k: int, *, store: str, blocks: range | None = None, method: str = "core",
                         num_matvecs: int | None = None, oversampling: int = 10, block_size: int | None = None,
-                        test_vectors: str = "gaussian", seed: int = 0, progress: bool = False) -> int:  # fmt: skip
+                        test_vectors: str = "gaussian", seed: SeedLike = 0, progress: bool | None = None,
+                        work_dtype: WorkDtype = "auto") -> int:  # fmt: skip
     """Compute a range of measurement blocks ``Yⱼ = A Ωⱼ`` of a single-pass sketch into ``store``.
 
     Several processes (or machines sharing the directory, or their own directories merged with
     :meth:`BlockStore.merge`) each call this with their own ``blocks``; a final
     :func:`sketched_eigh` with the same arguments and ``store`` finds all blocks and only
     recovers. Returns the number of products spent (finished blocks are never recomputed).
+    Pass an int ``seed`` here: every process must draw the same test matrix.
 
     Example:
         >>> import tempfile, torch
@@ -234,67 +286,16 @@ def sketch_measurements(A: Any, k: int, *, store: str, blocks: range | None = No
             f"method={method!r} has passes that depend on each other; only 'core' and 'nystrom' "
             f"(power_iters=0) measurements can be split over processes"
         )
-    plan = _plan(A, k, method, num_matvecs, oversampling, None, block_size, test_vectors, seed, "magnitude", None)
-    store_ = bs.BlockStore(store, plan.dim, plan.dtype, plan.spec())
-    mv = _Products(A, progress, plan.s)
-    _measure(mv, _omega(plan), plan, store_, "y0", only=blocks)
+    _validate(A, k, method, "magnitude", test_vectors, oversampling)
+    wd = _work_dtype(A, work_dtype, num_matvecs or 2 * (k + oversampling), store, None)
+    plan = _plan(A, k, method, num_matvecs, oversampling, None, block_size, test_vectors, _int_seed(seed),
+                 "magnitude", None, wd)  # fmt: skip
+    mv = _Products(A, progress, plan.s, plan.dtype)
+    try:
+        _measure(mv, _omega(plan), plan, _open_store(store, plan, A), "y0", only=blocks)
+    finally:
+        mv.bar.close()
     return mv.counts["sketch"]
-
-
-# ------------------------------------------------------------------------- error estimation
-def _columns(V: Tensor | bs.DiskMatrix, a: int, b: int, budget: int | None) -> Tensor:
-    if isinstance(V, Tensor):
-        return V[:, a:b]
-    rows = max(1, (budget or bs.DEFAULT_WORKING_BYTES) // (2 * V.shape[1] * bs.bytes_per_entry(V.dtype)))
-    return torch.cat([c[:, a:b] for _, c in V.iter_rows(rows)])
-
-
-def _residuals(mv, lam: Tensor, V, count: int, plan: _Plan, budget: int | None) -> Tensor:
-    res = torch.full((len(lam),), float("nan"), dtype=torch.float64)
-    for a in range(0, min(count, len(lam)), plan.b):
-        b = min(count, len(lam), a + plan.b)
-        Vb = _columns(V, a, b, budget).to(plan.device)
-        R = (mv(Vb, "residuals") - Vb * lam[a:b].to(Vb.dtype).to(plan.device)).double()
-        res[a:b] = R.norm(dim=0).cpu()
-    return res
-
-
-def tail_factor(num_probes: int, confidence: float) -> float:
-    """``1/(1−ε)`` with ``(e^ε (1−ε))^{p/2} = δ``: ``‖E‖_F² ≤ est · factor`` w.p. ``≥ 1 − δ`` (Tropp et al. 2019, §6.4).
-
-    Example:
-        >>> round(tail_factor(30, 1e-3), 2)
-        3.13
-    """
-    target = math.log(confidence) / (num_probes / 2)
-    lo, hi = 0.0, 1.0 - 1e-15
-    for _ in range(200):  # ε + log(1−ε) decreases from 0 to −∞ on [0, 1)
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if mid + math.log1p(-mid) > target else (lo, mid)
-    return 1.0 / (1.0 - hi)
-
-
-def _error_estimates(mv, lam: Tensor, V, plan: _Plan, p: int, delta: float, budget: int | None) -> dict:
-    if p == 0:
-        nan = float("nan")
-        return {"error_fro": nan, "error_fro_bound": nan, "error_2_bound": nan, "norm_fro": nan}
-    Om = TestMatrix("gaussian", plan.dim, p, plan.seed, "error", plan.dtype, plan.b)
-    e2, a2 = [], []
-    for j in range(len(Om)):  # probe blocks of the product block size: memory as for the sketch
-        X = Om.block(j).to(plan.device)
-        Y = mv(X, "error_probes")
-        if isinstance(V, bs.DiskMatrix):
-            low = V.matmul((lam[:, None] * V.rmatmul(X, budget)).to(plan.dtype), budget).to(plan.device)
-        else:
-            low = V @ (lam[:, None] * (V.T @ X).double().cpu()).to(plan.dtype).to(plan.device)
-        e2.append(((Y - low) ** 2).sum(0, dtype=torch.float64).cpu())  # no float64 copy of the block
-        a2.append((Y**2).sum(0, dtype=torch.float64).cpu())
-    e2t = torch.cat(e2)
-    est = e2t.mean().sqrt().item()
-    bound_fro = est * math.sqrt(tail_factor(p, delta))
-    bound_2 = min(bound_fro, delta ** (-1 / p) * math.sqrt(2 / math.pi) * e2t.max().sqrt().item())
-    norm = torch.cat(a2).mean().sqrt().item()
-    return {"error_fro": est, "error_fro_bound": bound_fro, "error_2_bound": bound_2, "norm_fro": norm}
 
 
 # ------------------------------------------------------------------------------------- API
@@ -308,14 +309,16 @@ def sketched_eigh(
     power_iters: int | None = None,
     block_size: int | None = None,
     test_vectors: str = "gaussian",
-    seed: int = 0,
+    seed: SeedLike = 0,
     sort: str = "magnitude",
     error_probes: int = 30,
     confidence: float = 1e-3,
     residual_pairs: int | None = None,
-    store: str | None = None,
+    store: str | os.PathLike | None = None,
     memory_budget: int | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
+    work_dtype: WorkDtype = "auto",
+    checkpoint: str | os.PathLike | None = None,
 ) -> SketchResult:
     """``k`` approximate eigenpairs of a symmetric operator from ``num_matvecs`` products.
 
@@ -332,19 +335,26 @@ def sketched_eigh(
         block_size: vectors per product ``A @ X`` (block Krylov: the block width ``b``, depth
             ``num_matvecs // b``; default ``min(64, n/8)``).
         test_vectors: ``"gaussian"`` or ``"rademacher"``.
-        seed: seed of every random draw (same inputs + seed → same result).
+        seed: int or ``torch.Generator`` of every random draw (same inputs + seed → same result; a
+            generator is advanced by one draw, which keys every test-matrix tile).
         sort: ``"magnitude"`` (largest ``|λ|``, Fernandez et al.) or ``"value"`` (largest ``λ``).
         error_probes: extra Gaussian probes for the a-posteriori error (0 to skip).
         confidence: failure probability ``δ`` of the error bounds.
         residual_pairs: pairs whose residual is computed with extra products by ``nystrom`` and
             ``core`` (default ``min(k, 10)``); block Krylov and subspace give all residuals free.
         store: directory of a :class:`~curvscope.linalg.blockstore.BlockStore`: products are saved
-            block by block, a killed run resumes there, and work beyond ``memory_budget`` streams from it.
+            block by block with the operator's fingerprint, a killed run resumes there (a store made
+            for another operator raises ``StaleStateError``), and work beyond ``memory_budget``
+            streams from it.
         memory_budget: bytes of RAM the sketch may hold (the operator's own memory excluded);
             beyond it the basis/measurements stay on disk (needs ``store``) and the product block
             shrinks to fit. ``None``: no limit. The allocator may keep freed memory: see
             :mod:`curvscope.linalg.streamed` for measured peaks.
-        progress: show a tqdm bar of products.
+        progress: show a progress bar of products (default ``None``: only on a terminal).
+        work_dtype: dtype of test matrices, stored blocks, orthogonalisation and eigenvectors
+            (``"auto"``: float64 when the sketch fits, always with a store; see
+            :mod:`curvscope.linalg.precision`); products run in ``A.dtype``.
+        checkpoint: the convention's name for ``store`` (pass one of them).
 
     Returns:
         :class:`SketchResult`.
@@ -360,11 +370,52 @@ def sketched_eigh(
         ([10.0, -5.0, 3.0], 42, True)
     """
     t0 = time.perf_counter()
-    plan = _plan(
-        A, k, method, num_matvecs, oversampling, power_iters, block_size, test_vectors, seed, sort, memory_budget
-    )
+    store = _store_argument(store, checkpoint)
     if error_probes < 0 or not 0 < confidence < 1:
         raise ValueError(f"need error_probes >= 0 and 0 < confidence < 1, got {error_probes}, {confidence}")
+    _validate(A, k, method, sort, test_vectors, oversampling)
+    wd = _work_dtype(A, work_dtype, num_matvecs or 2 * (k + oversampling), store, memory_budget)
+    plan = _plan(A, k, method, num_matvecs, oversampling, power_iters, block_size, test_vectors, _int_seed(seed),
+                 sort, memory_budget, wd)  # fmt: skip
+    _check_fits(plan, memory_budget, store)
+    store_ = _open_store(store, plan, A) if store is not None else None
+    itemsize = torch.empty((), dtype=plan.dtype).element_size()
+    ooc = store_ is not None and memory_budget is not None and plan.dim * k * itemsize > memory_budget // 2
+    out_path = store_.path / f"eigenvectors_{k}_{sort}.safetensors" if ooc else None
+    mv = _Products(A, progress, plan.s * plan.passes + error_probes, plan.dtype)
+    try:
+        with torch.no_grad():
+            lam, V, res, status, message = recover(mv, plan, store_, memory_budget, out_path)
+            lam = lam.double().cpu()
+            if res is None:
+                count = min(k, 10) if residual_pairs is None else residual_pairs
+                res = _residuals(mv, lam, V, count, plan, memory_budget)
+            errors = _error_estimates(mv, lam, V, plan, error_probes, confidence, memory_budget)
+    finally:
+        mv.bar.close()
+    status, message = _final_status(status, message, len(lam), k, plan)
+    return SketchResult(
+        eigenvalues=lam,
+        eigenvectors=V,
+        residuals=res.double().cpu(),
+        num_matvecs=sum(mv.counts.values()),
+        matvecs=dict(mv.counts),
+        wall_time=time.perf_counter() - t0,
+        status=status,
+        message=message,
+        method=plan.method,
+        config=_config(plan, sort, error_probes, confidence, store, memory_budget),
+        **errors,
+    )
+
+
+def _store_argument(store: Any, checkpoint: Any) -> Any:
+    if store is not None and checkpoint is not None and os.fspath(store) != os.fspath(checkpoint):
+        raise ValueError(f"store={store!r} and checkpoint={checkpoint!r} name two places: pass one of them")
+    return store if store is not None else checkpoint
+
+
+def _check_fits(plan: _Plan, memory_budget: int | None, store: Any) -> None:
     itemsize = torch.empty((), dtype=plan.dtype).element_size()
     sketch_bytes = plan.dim * plan.s * itemsize + plan.b * _bytes_per_column(plan.method, plan.dim, plan.dtype)
     if memory_budget is not None and store is None and sketch_bytes > memory_budget:
@@ -373,28 +424,21 @@ def sketched_eigh(
             f"product block), more than memory_budget={memory_budget / 2**30:.2f} GiB: pass store=<directory> "
             f"to keep it on disk"
         )
-    store_ = bs.BlockStore(store, plan.dim, plan.dtype, plan.spec()) if store is not None else None
-    ooc = store_ is not None and memory_budget is not None and plan.dim * k * itemsize > memory_budget // 2
-    out_path = store_.path / f"eigenvectors_{k}_{sort}.safetensors" if ooc else None
-    total = plan.s * plan.passes + error_probes
-    mv = _Products(A, progress, total)
-    with torch.no_grad():
-        lam, V, res, status, message = recover(mv, plan, store_, memory_budget, out_path)
-        lam = lam.double().cpu()
-        if res is None:
-            count = min(k, 10) if residual_pairs is None else residual_pairs
-            res = _residuals(mv, lam, V, count, plan, memory_budget)
-        errors = _error_estimates(mv, lam, V, plan, error_probes, confidence, memory_budget)
-    if mv.bar is not None:
-        mv.bar.close()
-    if status == "ok" and len(lam) < k:
-        status = "rank_deficient"
-    if status == "rank_deficient":
+
+
+def _final_status(status: Status, message: str, found: int, k: int, plan: _Plan) -> tuple[Status, str]:
+    if status == Status.COMPLETED and found < k:
+        status = Status.RANK_DEFICIENT
+    if status == Status.RANK_DEFICIENT:
         message += (
-            f"the sketch has numerical rank {len(lam)} < k={k}: A has (numerically) lower rank; fewer pairs returned. "
+            f"the sketch has numerical rank {found} < k={k}: A has (numerically) lower rank; fewer pairs returned. "
         )
-    config = {
-        "k": k,
+    return status, message.strip() or f"{found} eigenpairs from {plan.s * plan.passes} products"
+
+
+def _config(plan: _Plan, sort: str, error_probes: int, confidence: float, store: Any, budget: int | None) -> dict:
+    return {
+        "k": plan.k,
         "num_matvecs": plan.s * plan.passes,
         "block_size": plan.b,
         "passes": plan.passes,
@@ -404,18 +448,6 @@ def sketched_eigh(
         "error_probes": error_probes,
         "confidence": confidence,
         "store": None if store is None else str(store),
-        "memory_budget": memory_budget,
+        "memory_budget": budget,
+        "work_dtype": str(plan.dtype),
     }
-    return SketchResult(
-        eigenvalues=lam,
-        eigenvectors=V,
-        residuals=res.double().cpu(),
-        num_matvecs=sum(mv.counts.values()),
-        matvecs=dict(mv.counts),
-        wall_time=time.perf_counter() - t0,
-        status=status,
-        message=message.strip() or f"{len(lam)} eigenpairs from {plan.s * plan.passes} products",
-        method=plan.method,
-        config=config,
-        **errors,
-    )

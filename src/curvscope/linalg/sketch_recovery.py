@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvscope.common import Status, make_progress
 from curvscope.linalg import blockstore as bs
 from curvscope.linalg import streamed
 from curvscope.linalg.sampling import make_generator, probes
@@ -97,22 +98,21 @@ class _Plan:
 
 
 class _Products:
-    """``A @ X`` with a count per purpose and an optional progress bar."""
+    """``A @ X`` with a count per purpose and a progress bar; inputs and outputs in the working dtype.
 
-    def __init__(self, A: Any, progress: bool, total: int) -> None:
+    The product itself runs in the operator's dtype on its device; the sketch arithmetic in ``work_dtype``.
+    """
+
+    def __init__(self, A: Any, progress: bool | None, total: int, work_dtype: torch.dtype | None = None) -> None:
         self.A, self.counts = A, {"sketch": 0, "residuals": 0, "error_probes": 0}
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="sketched_eigh", unit="matvec")
+        self.op_dtype, self.work_dtype = A.dtype, work_dtype or A.dtype
+        self.bar = make_progress(total, progress, "sketched_eigh")
 
     def __call__(self, X: Tensor, purpose: str = "sketch") -> Tensor:
-        Y = self.A @ X.to(self.A.device)
+        Y = self.A @ X.to(device=self.A.device, dtype=self.op_dtype)
         self.counts[purpose] += X.shape[1]
-        if self.bar is not None:
-            self.bar.update(X.shape[1])
-        return Y
+        self.bar.update(X.shape[1])
+        return Y.to(self.work_dtype)
 
 
 def _select(theta: Tensor, k: int, sort: str) -> Tensor:
@@ -188,12 +188,12 @@ def _nystrom(mv, plan: _Plan, store, budget, out_path):
         G += y.T @ y
         Mo += o.T @ y
         P += o.T @ o
-    eps = torch.finfo(plan.dtype).eps
+    eps = max(torch.finfo(plan.dtype).eps, torch.finfo(mv.op_dtype).eps)  # the products' round-off counts too
     nu = math.sqrt(plan.dim) * eps * math.sqrt(G.trace().item() / max(P.trace().item(), 1e-300))
     w, U = torch.linalg.eigh((Mo + Mo.T) / 2 + nu * P)
-    status, message = "ok", ""
+    status, message = Status.COMPLETED, ""
     if w[0] < -math.sqrt(eps) * w[-1].abs():
-        status = "not_psd"
+        status = Status.NOT_PSD
         message = (
             f"A is not positive semi-definite (ΩᵀAΩ has eigenvalue {w[0].item():.3g} vs max {w[-1].item():.3g}): "
             f"Nyström is invalid for it; use method='core' or 'block_krylov'. "
@@ -230,7 +230,7 @@ def _core(mv, plan: _Plan, store, budget, out_path):
     idx = _select(theta, plan.k, plan.sort)
     N = M @ S[:, idx]
     V = _output((y @ N for _, _, (y,) in _iter_rows([Y1], plan.dim, budget, len(idx))), plan, len(idx), out_path)
-    status = "ok" if M.shape[1] >= plan.k else "rank_deficient"
+    status = Status.COMPLETED if M.shape[1] >= plan.k else Status.RANK_DEFICIENT
     return theta[idx], V, None, status, ""
 
 
@@ -261,7 +261,7 @@ def _subspace(mv, plan: _Plan, store, budget, out_path):
     for _, _, (q, w) in _iter_rows([Om, W], plan.dim, budget, fixed=8 * Om.width**2):
         T += q.T @ w
     lam, V, res = _ritz_from(Om, W, T, plan, budget, out_path)
-    status = "ok" if Om.width >= plan.k else "rank_deficient"
+    status = Status.COMPLETED if Om.width >= plan.k else Status.RANK_DEFICIENT
     return lam, V, res, status, ""
 
 
@@ -337,7 +337,7 @@ def _block_krylov(mv, plan: _Plan, store, budget, out_path):
         V = buf[:, : len(idx)]
         if budget is None or D * (n + len(idx)) * itemsize <= budget:
             V = V.clone()
-    return theta[idx], V, res, "ok", ""
+    return theta[idx], V, res, Status.COMPLETED, ""
 
 
 def recover(mv: _Products, plan: _Plan, store: bs.BlockStore | None, budget: int | None, out_path: Any):
