@@ -9,17 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SeedLike = int | torch.Generator | None
+from curvscope.common import SeedLike, make_generator  # the one make_generator (re-exported here)
 
-
-def make_generator(seed: SeedLike = 0) -> torch.Generator:
-    """A CPU generator from a seed (``None`` means seed 0, never the global RNG)."""
-    if isinstance(seed, torch.Generator):
-        return seed
-    g = torch.Generator(device="cpu")
-    g.manual_seed(0 if seed is None else int(seed))
-    return g
-
+__all__ = ["PROBES", "SeedLike", "gaussian", "make_generator", "probes", "rademacher", "unit_sphere"]
 
 def gaussian(
     dim: int, num: int, generator: torch.Generator, dtype: torch.dtype, device: torch.device | str = "cpu"
