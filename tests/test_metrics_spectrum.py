@@ -107,7 +107,7 @@ def test_goldilocks_multiple_of_identity(c, d):
     r = goldilocks(DenseOperator(c * torch.eye(60, dtype=DT)), d, seed=1)
     assert r.trace_ratio == pytest.approx(math.copysign(math.sqrt(d), c), rel=1e-10)
     assert r.positive_fraction == (1.0 if c > 0 else 0.0)
-    assert r.num_matvecs == d and r.status == "ok"
+    assert r.num_matvecs == d and r.status == "exact"
 
 
 def test_goldilocks_random_symmetric_is_order_one():

@@ -66,8 +66,10 @@ def test_overlap_properties(D, k1, k2, seed):
     assert 0.0 <= ov <= 1.0 + 1e-12
     assert ov == pytest.approx(subspace_overlap(_mix(Q1, seed), _mix(Q2, seed + 2)), abs=1e-9)  # basis-invariant
     assert ov == pytest.approx(subspace_overlap(Q2, Q1), abs=1e-12)
-    cos2 = torch.cos(principal_angles(Q1, Q2)) ** 2  # = mean cos² of the principal angles
-    assert ov == pytest.approx(cos2.mean().item(), abs=1e-9)
+    pa = principal_angles(Q1, Q2)
+    cos2 = torch.cos(pa.angles) ** 2  # = mean cos² of the principal angles
+    assert ov == pytest.approx(cos2.mean().item(), abs=1e-9) and ov == pytest.approx(pa.overlap, abs=1e-12)
+    assert ov.k1 == k1 and ov.k2 == k2 and ov.chance == max(k1, k2) / D  # a typed result, also a float
 
 
 @pytest.mark.parametrize("D,k1,k2", [(100, 5, 5), (60, 3, 10), (200, 20, 20)])
@@ -81,7 +83,9 @@ def test_random_overlap_is_chance_within_spread(D, k1, k2):
 
 def test_principal_angles_and_errors():
     e = torch.eye(3, dtype=DT)
-    assert torch.allclose(principal_angles(e[:, :2], e[:, 1:]), torch.tensor([0.0, math.pi / 2], dtype=DT))
+    pa = principal_angles(e[:, :2], e[:, 1:])
+    assert torch.allclose(pa.angles, torch.tensor([0.0, math.pi / 2], dtype=DT))
+    assert torch.allclose(pa.cosines, torch.tensor([1.0, 0.0], dtype=DT), atol=1e-12)
     with pytest.raises(ValueError, match="different spaces"):
         subspace_overlap(torch.eye(3, 1, dtype=DT), torch.eye(4, 1, dtype=DT))
     with pytest.raises(ValueError, match="zero"):
@@ -157,8 +161,10 @@ def test_gradient_confinement_cases():
     assert gradient_confinement(torch.tensor([0, 0, 1.0, 0, 0], dtype=DT), V) == 0.0
     assert gradient_confinement(torch.tensor([1.0, 0, 1.0, 0, 0], dtype=DT), 2 * V) == pytest.approx(0.5)
     G = _rand(5, 4, 1)
-    per = gradient_confinement(G, V)
+    res = gradient_confinement(G, V)
+    per = res.fractions
     assert per.shape == (4,) and all(per[i].item() == pytest.approx(gradient_confinement(G[:, i], V)) for i in range(4))
+    assert float(res) == pytest.approx(per.mean().item()) and res.chance == 2 / 5 and (res.k, res.dim) == (2, 5)
     with pytest.raises(ValueError, match="zero"):
         gradient_confinement(torch.zeros(5, dtype=DT), V)
     with pytest.raises(ValueError, match="gradients must be"):
@@ -168,7 +174,7 @@ def test_gradient_confinement_cases():
 def test_random_gradient_confinement_is_chance():
     D, k = 300, 6
     V = _rand(D, k, 1)
-    fr = gradient_confinement(_rand(D, 500, 2), V)
+    fr = gradient_confinement(_rand(D, 500, 2), V).fractions
     assert confinement_chance(k, D) == k / D
     assert abs(fr.mean().item() - k / D) <= 4 * fr.std().item() / math.sqrt(500)
 

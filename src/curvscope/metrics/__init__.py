@@ -1,7 +1,11 @@
 """Metrics on eigenpairs and spectra: overlaps, gradient confinement, bulk/outliers, Goldilocks."""
 
-from curvscope.metrics.gradient import confinement_chance, gradient_confinement, subspace_persistence
+from curvscope.metrics.gradient import Confinement, confinement_chance, gradient_confinement, subspace_persistence
 from curvscope.metrics.overlap import (
+    ChanceOverlap,
+    MaskOverlapChance,
+    Overlap,
+    PrincipalAngles,
     best_mask,
     chance_overlap,
     layer_matched_random_mask,
@@ -25,8 +29,13 @@ from curvscope.metrics.spectrum import (
 )
 
 __all__ = [
+    "ChanceOverlap",
+    "Confinement",
     "GoldilocksResult",
     "LogitClustering",
+    "MaskOverlapChance",
+    "Overlap",
+    "PrincipalAngles",
     "SpectrumSplit",
     "best_mask",
     "chance_overlap",

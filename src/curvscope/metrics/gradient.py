@@ -13,31 +13,56 @@ subspace between snapshots ``t`` and ``t′`` is the Grassmannian overlap of ``V
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from curvscope.linalg.results import FloatResult
 from curvscope.metrics.overlap import orthonormal_basis, subspace_overlap
 
 
-def gradient_confinement(g: Tensor, V: Tensor, orthonormalize: bool = True) -> float | Tensor:
+@dataclass(frozen=True, eq=False)
+class Confinement(FloatResult):
+    """Fraction of gradients in a subspace; also a ``float`` equal to ``value``.
+
+    Attributes:
+        value: the fraction ``‖Vᵀg‖²/‖g‖²`` of one gradient, or the mean over several.
+        fractions: ``[B]`` the fraction of each gradient (``B = 1`` for one gradient).
+        k: dimension of the subspace.
+        dim: ambient dimension ``D``.
+        chance: ``k/D``, the fraction of a random direction.
+    """
+
+    value: float
+    fractions: Tensor
+    k: int
+    dim: int
+    chance: float
+
+
+def gradient_confinement(g: Tensor, V: Tensor, orthonormalize: bool = True) -> Confinement:
     """Fraction ``‖Vᵀg‖² / ‖g‖²`` of a gradient (or of each of many) in ``span(V)``.
 
     Args:
-        g: one gradient ``[D]`` (returns a float) or many as columns ``[D, B]`` (e.g. one per
-            mini-batch; returns ``[B]``).
+        g: one gradient ``[D]`` or many as columns ``[D, B]`` (e.g. one per mini-batch).
         V: basis ``[D, k]`` of the subspace (e.g. the top-``k`` Hessian eigenvectors).
         orthonormalize: orthonormalise ``V`` first (skip only for a known orthonormal basis).
+
+    Returns:
+        A :class:`Confinement`: ``value`` is the fraction (one gradient) or the mean fraction
+        (several; each in ``fractions``), with the chance level ``k/D``.
 
     Raises:
         ValueError: for a zero gradient (the fraction is undefined) or mismatched shapes.
 
     Example:
         >>> V = torch.eye(4, 2, dtype=torch.float64)
-        >>> gradient_confinement(torch.tensor([3.0, 0.0, 4.0, 0.0], dtype=torch.float64), V)
-        0.36
+        >>> r = gradient_confinement(torch.tensor([3.0, 0.0, 4.0, 0.0], dtype=torch.float64), V)
+        >>> float(r), r.chance
+        (0.36, 0.5)
         >>> G = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
-        >>> gradient_confinement(G, V).tolist()
+        >>> gradient_confinement(G, V).fractions.tolist()
         [1.0, 0.5]
     """
     V = orthonormal_basis(V) if orthonormalize else V
@@ -48,8 +73,9 @@ def gradient_confinement(g: Tensor, V: Tensor, orthonormalize: bool = True) -> f
     norm2 = (G**2).sum(0)
     if (norm2 == 0).any():
         raise ValueError("a gradient is exactly zero: its fraction in a subspace is undefined")
-    frac = ((V.T @ G) ** 2).sum(0) / norm2
-    return frac.item() if g.ndim == 1 else frac
+    frac = (((V.T @ G) ** 2).sum(0) / norm2).double().cpu()
+    k, D = V.shape[1], V.shape[0]
+    return Confinement(frac.mean().item(), frac, k, D, k / D)
 
 
 def confinement_chance(k: int, D: int) -> float:

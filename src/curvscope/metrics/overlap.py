@@ -20,12 +20,96 @@ the control that separates "large weights" from "which layers"), :func:`mask_iou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from curvscope.linalg.sampling import SeedLike, make_generator
+from curvscope.common import SeedLike, make_generator
+from curvscope.linalg.results import FloatResult
+
+
+@dataclass(frozen=True, eq=False)
+class Overlap(FloatResult):
+    """A Grassmannian overlap with its chance level; also a ``float`` equal to ``value``.
+
+    Attributes:
+        value: ``‖Q₁ᵀQ₂‖_F² / min(k₁, k₂)`` ∈ [0, 1].
+        k1, k2: dimensions of the two subspaces (for a mask: ``|m|`` and ``k``).
+        dim: ambient dimension ``D``.
+        chance: mean overlap of a uniformly random ``k₁``-subspace: ``max(k₁, k₂)/D``.
+    """
+
+    value: float
+    k1: int
+    k2: int
+    dim: int
+    chance: float
+
+    @property
+    def ratio_to_chance(self) -> float:
+        """``value / chance`` (1 for a random subspace)."""
+        return self.value / self.chance
+
+
+@dataclass(frozen=True)
+class PrincipalAngles:
+    """Principal angles between two subspaces.
+
+    Attributes:
+        angles: ``[min(k₁, k₂)]`` radians, ascending.
+        cosines: ``cos θᵢ`` (singular values of ``Q₁ᵀQ₂``), descending.
+        overlap: mean ``cos² θᵢ`` (= :func:`subspace_overlap`).
+    """
+
+    angles: Tensor
+    cosines: Tensor
+    overlap: float
+
+
+@dataclass(frozen=True)
+class ChanceOverlap:
+    """Chance level of a subspace overlap: the exact mean and a Monte-Carlo mean and spread.
+
+    Unpacks as ``expected, mean, std`` (the tuple this function returned before).
+
+    Attributes:
+        expected: exact mean ``max(k₁, k₂)/D``.
+        mean, std: mean and standard deviation of ``num_samples`` Haar draws.
+        num_samples: Monte-Carlo draws.
+    """
+
+    expected: float
+    mean: float
+    std: float
+    num_samples: int
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.expected, self.mean, self.std))
+
+
+@dataclass(frozen=True)
+class MaskOverlapChance:
+    """Overlap of random ``k``-masks with ``span(Q)`` (Monte Carlo); unpacks as ``mean, std`` (the former tuple).
+
+    Attributes:
+        mean, std: mean and standard deviation over the draws.
+        expected: exact mean for uniform masks, ``‖Q‖_F²/D · |m| / min(|m|, k_Q)`` (``NaN`` for layer-matched masks).
+        num_samples: draws.
+        samples: ``[num_samples]`` the overlaps.
+        layer_matched: whether the masks were layer-matched to ``like``.
+    """
+
+    mean: float
+    std: float
+    expected: float
+    num_samples: int
+    samples: Tensor
+    layer_matched: bool
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.mean, self.std))
 
 
 def orthonormal_basis(Q: Tensor, rtol: float | None = None) -> Tensor:
@@ -58,8 +142,8 @@ def _basis(Q: Tensor, orthonormalize: bool) -> Tensor:
     return orthonormal_basis(Q) if orthonormalize else (Q[:, None] if Q.ndim == 1 else Q)
 
 
-def subspace_overlap(Q1: Tensor, Q2: Tensor, orthonormalize: bool = True) -> float:
-    """``‖Q₁ᵀQ₂‖_F² / min(k₁, k₂)``: 1 for nested subspaces, 0 for orthogonal ones.
+def subspace_overlap(Q1: Tensor, Q2: Tensor, orthonormalize: bool = True) -> Overlap:
+    """``‖Q₁ᵀQ₂‖_F² / min(k₁, k₂)``: 1 for nested subspaces, 0 for orthogonal ones (an :class:`Overlap`).
 
     Args:
         Q1, Q2: bases ``[D, k₁]`` and ``[D, k₂]`` (any columns spanning the subspaces).
@@ -67,27 +151,30 @@ def subspace_overlap(Q1: Tensor, Q2: Tensor, orthonormalize: bool = True) -> flo
 
     Example:
         >>> e = torch.eye(4, dtype=torch.float64)
-        >>> subspace_overlap(e[:, :2], e[:, 1:3]), round(subspace_overlap(e[:, :2], 3 * e[:, :2] + e[:, [1, 0]]), 12)
-        (0.5, 1.0)
+        >>> ov = subspace_overlap(e[:, :2], e[:, 1:3])
+        >>> float(ov), ov.chance, round(subspace_overlap(e[:, :2], 3 * e[:, :2] + e[:, [1, 0]]), 12)
+        (0.5, 0.5, 1.0)
     """
     A, B = _basis(Q1, orthonormalize), _basis(Q2, orthonormalize)
     if A.shape[0] != B.shape[0]:
         raise ValueError(f"bases live in different spaces: {A.shape[0]} vs {B.shape[0]} rows")
     B = B.to(A.dtype)
-    return ((A.T @ B) ** 2).sum().item() / min(A.shape[1], B.shape[1])
+    k1, k2, D = A.shape[1], B.shape[1], A.shape[0]
+    return Overlap(((A.T @ B) ** 2).sum().item() / min(k1, k2), k1, k2, D, max(k1, k2) / D)
 
 
-def principal_angles(Q1: Tensor, Q2: Tensor) -> Tensor:
+def principal_angles(Q1: Tensor, Q2: Tensor) -> PrincipalAngles:
     """Principal angles ``[min(k₁, k₂)]`` in radians, ascending (``cos θᵢ`` = singular values of ``Q₁ᵀQ₂``).
 
     Example:
         >>> e = torch.eye(3, dtype=torch.float64)
-        >>> [round(a, 4) for a in principal_angles(e[:, :2], e[:, 1:]).tolist()]
-        [0.0, 1.5708]
+        >>> pa = principal_angles(e[:, :2], e[:, 1:])
+        >>> [round(a, 4) for a in pa.angles.tolist()], pa.overlap
+        ([0.0, 1.5708], 0.5)
     """
     A, B = orthonormal_basis(Q1), orthonormal_basis(Q2).to(Q1.dtype)
-    cos = torch.linalg.svdvals(A.T @ B).clamp(0, 1)
-    return torch.arccos(cos).sort().values
+    cos = torch.linalg.svdvals(A.T @ B).clamp(0, 1).sort(descending=True).values
+    return PrincipalAngles(torch.arccos(cos), cos, (cos**2).mean().item())
 
 
 def _as_mask(mask: Tensor, D: int) -> Tensor:
@@ -102,10 +189,11 @@ def _as_mask(mask: Tensor, D: int) -> Tensor:
     return out
 
 
-def mask_overlap(mask: Tensor, Q: Tensor, orthonormalize: bool = True) -> float:
+def mask_overlap(mask: Tensor, Q: Tensor, orthonormalize: bool = True) -> Overlap:
     """Overlap of the coordinate subspace of a mask with ``span(Q)``: ``Σ_{i∈m} ‖Q[i]‖² / min(|m|, k)``.
 
-    Equals :func:`subspace_overlap` of the mask's unit vectors ``{e_i}`` and ``Q``.
+    Equals :func:`subspace_overlap` of the mask's unit vectors ``{e_i}`` and ``Q``; an
+    :class:`Overlap` (``k1 = |m|``, ``k2 = k``, chance ``max(|m|, k)/D``, also a float).
 
     Args:
         mask: boolean ``[D]`` or indices ``[|m|]``.
@@ -122,16 +210,16 @@ def mask_overlap(mask: Tensor, Q: Tensor, orthonormalize: bool = True) -> float:
     size = int(m.sum())
     if size == 0:
         raise ValueError("the mask is empty")
-    return (Q[m] ** 2).sum().item() / min(size, Q.shape[1])
+    k, D = Q.shape[1], Q.shape[0]
+    return Overlap((Q[m] ** 2).sum().item() / min(size, k), size, k, D, max(size, k) / D)
 
 
-def chance_overlap(
-    D: int, k1: int, k2: int | None = None, num_samples: int = 200, seed: SeedLike = 0
-) -> tuple[float, float, float]:
+def chance_overlap(D: int, k1: int, k2: int | None = None, num_samples: int = 200, seed: SeedLike = 0) -> ChanceOverlap:
     """Chance level of the overlap of a uniformly random ``k₁``-subspace with a fixed ``k₂``-subspace.
 
-    Returns ``(expected, mc_mean, mc_std)``: the exact mean ``max(k₁, k₂)/D`` and the mean and
-    standard deviation of ``num_samples`` Monte-Carlo draws (Haar subspaces from ``seed``).
+    Returns a :class:`ChanceOverlap`: the exact mean ``max(k₁, k₂)/D`` and the mean and
+    standard deviation of ``num_samples`` Monte-Carlo draws (Haar subspaces from ``seed``);
+    it unpacks as ``expected, mean, std``.
 
     Example:
         >>> exp, mean, std = chance_overlap(50, 5, num_samples=100)
@@ -146,7 +234,7 @@ def chance_overlap(
     vals = torch.tensor(
         [subspace_overlap(torch.randn(D, k1, generator=g, dtype=torch.float64), fixed) for _ in range(num_samples)]
     )
-    return max(k1, k2) / D, vals.mean().item(), vals.std().item()
+    return ChanceOverlap(max(k1, k2) / D, vals.mean().item(), vals.std().item(), num_samples)
 
 
 # --------------------------------------------------------------------------------- masks
@@ -254,8 +342,10 @@ def random_mask_overlap(
     seed: SeedLike = 0,
     like: Tensor | None = None,
     layer_sizes: Sequence[int] | None = None,
-) -> tuple[float, float]:
+) -> MaskOverlapChance:
     """Mean and standard deviation of :func:`mask_overlap` over random ``k``-masks (Monte Carlo).
+
+    Returns a :class:`MaskOverlapChance` (it unpacks as ``mean, std``).
 
     With ``like`` and ``layer_sizes`` the masks are layer-matched to ``like``. The exact mean
     for uniform masks is ``‖Q‖_F² / D · |m| / min(|m|, k_Q)`` (``k/D`` for ``|m| = k_Q``).
@@ -271,9 +361,11 @@ def random_mask_overlap(
     vals = []
     for _ in range(num_samples):
         m = random_mask(Q.shape[0], k, g) if like is None else layer_matched_random_mask(like, layer_sizes, g)
-        vals.append(mask_overlap(m, Q, orthonormalize=False))
+        vals.append(float(mask_overlap(m, Q, orthonormalize=False)))
     v = torch.tensor(vals, dtype=torch.float64)
-    return v.mean().item(), v.std().item()
+    size = k if like is None else int(like.bool().sum())
+    expected = (Q**2).sum().item() / Q.shape[0] * size / min(size, Q.shape[1]) if like is None else float("nan")
+    return MaskOverlapChance(v.mean().item(), v.std().item(), expected, num_samples, v, like is not None)
 
 
 def mask_iou(m1: Tensor, m2: Tensor) -> float:

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvscope.common import SeedLike, Status, as_status, make_generator, make_progress
 from curvscope.io import load_tensors, save_tensors
-from curvscope.linalg.sampling import SeedLike, gaussian, make_generator
-from curvscope.operators.base import LinearOperator
-from curvscope.operators.compose import SubspaceOperator
+from curvscope.linalg.density import Density
+from curvscope.linalg.precision import WorkDtype, resolve_work_dtype
+from curvscope.linalg.sampling import gaussian
 
 
 class _Saved:
@@ -44,6 +45,9 @@ class _Saved:
     def load(cls, path: str) -> Any:
         """Read a file written by :meth:`save`."""
         tensors, meta = load_tensors(path)
+        if "status" in meta:
+            old = {"ok": "exact", "zero_curvature": "zero"}  # statuses of older files
+            meta["status"] = as_status(old.get(meta["status"], meta["status"]))
         return cls(**tensors, **meta)
 
 
@@ -56,10 +60,14 @@ class SpectrumSplit(_Saved):
         num_outliers_gap: outliers by the largest-relative-gap rule; gap_ratio: that ratio ``λ_i/λ_{i+1}``.
         outliers: ``[num_outliers]`` descending.
         bulk_edge: right end of the bulk; bulk_width: ``bulk_edge − left end`` of the bulk.
-        negative_fraction: fraction of eigenvalues (of density mass) below 0.
-        negative_mass: ``Σ_{λ<0}|λ| / Σ|λ|``; negative_ratio: ``|λ_min| / λ_max``.
-        effective_rank: ``exp(entropy(|λ|/Σ|λ|))`` (Roy & Vetterli 2007) of the given eigenvalues.
+        negative_fraction: fraction of eigenvalues (of density mass) below ``−band``.
+        negative_mass: ``Σ_{λ<−band}|λ| / Σ|λ|``; negative_ratio: ``|λ_min| / λ_max`` (0 when
+            ``|λ_min| ≤ band``).
+        effective_rank: ``exp(entropy(|λ|/Σ|λ|))`` (Roy & Vetterli 2007) of the given eigenvalues
+            outside the band.
         rule: the rule that decided ``num_outliers``.
+        band: eigenvalues with ``|λ| ≤ band`` were counted as zero (noise floor or density resolution).
+        band_note: where the band came from.
     """
 
     num_outliers: int
@@ -73,6 +81,8 @@ class SpectrumSplit(_Saved):
     negative_ratio: float
     effective_rank: float
     rule: str
+    band: float = 0.0
+    band_note: str = "no band: every nonzero eigenvalue counts"
 
 
 def _density_edges(grid: Tensor, phi: Tensor, threshold: float) -> tuple[float, float]:
@@ -85,72 +95,119 @@ def _density_edges(grid: Tensor, phi: Tensor, threshold: float) -> tuple[float, 
     return grid[i].item(), grid[j].item()
 
 
-def _integral_below_zero(grid: Tensor, f: Tensor) -> float:
-    """``∫_{t<0} f`` by the trapezoid rule, with ``f`` interpolated linearly at ``t = 0``."""
-    i = int(torch.searchsorted(grid, torch.zeros((), dtype=grid.dtype), right=True)) - 1
+def _integral_below(grid: Tensor, f: Tensor, x: float = 0.0) -> float:
+    """``∫_{t<x} f`` by the trapezoid rule, with ``f`` interpolated linearly at ``t = x``."""
+    i = int(torch.searchsorted(grid, torch.tensor(x, dtype=grid.dtype), right=True)) - 1
     if i < 0:
         return 0.0
     if i >= len(grid) - 1:
         return torch.trapezoid(f, grid).item()
-    w = (0 - grid[i]) / (grid[i + 1] - grid[i])
-    f0 = f[i] + w * (f[i + 1] - f[i])
-    return torch.trapezoid(f[: i + 1], grid[: i + 1]).item() + ((f[i] + f0) / 2 * (0 - grid[i])).item()
+    w = (x - grid[i]) / (grid[i + 1] - grid[i])
+    fx = f[i] + w * (f[i + 1] - f[i])
+    return torch.trapezoid(f[: i + 1], grid[: i + 1]).item() + ((f[i] + fx) / 2 * (x - grid[i])).item()
+
+
+def _band(lam: Tensor, density: Any, band: float | None, noise_floor: float | None) -> tuple[float, str]:
+    """The zero band: the larger of ``band``, ``noise_floor · max|λ|`` and a :class:`Density`'s resolution."""
+    parts = []
+    if band is not None:
+        parts.append((abs(float(band)), "given band"))
+    if noise_floor is not None:
+        parts.append((float(noise_floor) * lam.abs().max().item(), f"noise floor {noise_floor:.2g}·max|λ|"))
+    if isinstance(density, Density) and band is None:
+        parts.append((density.resolution, "the density's resolution"))
+    if not parts:
+        return 0.0, "no band: every nonzero eigenvalue counts"
+    value, why = max(parts)
+    return value, f"|λ| ≤ {value:.3g} counted as zero ({why})"
+
+
+def _gap_rule(lam: Tensor, band: float, max_outliers: int, min_gap: float) -> tuple[int, float]:
+    pos = lam[lam > band][: max_outliers + 1]
+    ratios = pos[:-1] / pos[1:] if len(pos) > 1 else torch.zeros(0, dtype=torch.float64)
+    gap_ratio = ratios.max().item() if len(ratios) else 1.0
+    return (int(torch.argmax(ratios)) + 1 if len(ratios) and gap_ratio >= min_gap else 0), gap_ratio
+
+
+def _density_statistics(density: Any, band: float, threshold: float) -> tuple[float, float, float, float]:
+    """``(left, edge, negative_fraction, negative_mass)`` of ``(grid, φ)`` or a :class:`Density`."""
+    if isinstance(density, Density):
+        grid = density.grid(4001, margin=0.1)
+        phi = density.pdf(grid)
+    else:
+        grid, phi = (t.detach().double().cpu() for t in density)
+        if grid.shape != phi.shape or grid.ndim != 1:
+            raise ValueError(f"density must be (grid [M], values [M]), got {tuple(grid.shape)}, {tuple(phi.shape)}")
+    left, edge = _density_edges(grid, phi, threshold)
+    if isinstance(density, Density):
+        neg_frac = density.negative_mass(band).value
+    else:
+        neg_frac = _integral_below(grid, phi, -band) / torch.trapezoid(phi, grid).item()
+    weighted = phi * grid.abs()
+    neg_mass = _integral_below(grid, weighted, -band) / torch.trapezoid(weighted, grid).item()
+    return left, edge, neg_frac, neg_mass
 
 
 def split_spectrum(
     eigenvalues: Tensor,
-    density: tuple[Tensor, Tensor] | None = None,
+    density: tuple[Tensor, Tensor] | Density | None = None,
     max_outliers: int = 30,
     min_gap: float = 1.5,
     edge_threshold: float = 1e-3,
+    *,
+    band: float | None = None,
+    noise_floor: float | None = None,
 ) -> SpectrumSplit:
     """Split a spectrum into outliers and bulk.
+
+    Eigenvalues with ``|λ| ≤ band`` count as zero: they are not outliers, not negative and do not
+    enter the effective rank (round-off of a float32 Hessian puts thousands of them at ``±1e-6``).
 
     Args:
         eigenvalues: eigenvalues ``[n]`` (all of them, or the top ones of a large operator:
             the bulk statistics then describe only the given part).
-        density: optional ``(grid [M], φ [M])`` spectral density (e.g. from SLQ); gives the bulk
-            edge, the bulk width and the negative fraction/mass of the whole spectrum.
-        max_outliers: look for the gap among the top ``max_outliers + 1`` positive eigenvalues.
+        density: optional spectral density: ``(grid [M], φ [M])`` or a
+            :class:`~curvscope.linalg.density.Density` (SLQ/KPM); gives the bulk edge, the bulk
+            width and the negative fraction/mass of the whole spectrum.
+        max_outliers: look for the gap among the top ``max_outliers + 1`` eigenvalues above the band.
         min_gap: the largest ratio ``λ_i/λ_{i+1}`` must reach this to count as a gap (else 0 outliers).
         edge_threshold: relative density level that ends the bulk.
+        band: half-width of the zero band (eigenvalue units). Default: the largest of
+            ``noise_floor · max|λ|`` and a ``Density``'s :attr:`~curvscope.linalg.density.Density.resolution`;
+            0 when neither is given.
+        noise_floor: the operator's relative noise floor (``A.noise_floor``).
 
     Example:
         >>> lam = torch.tensor([9.0, 7.0, 6.0, 1.0, 0.9, 0.5, 0.2, -0.1], dtype=torch.float64)
         >>> s = split_spectrum(lam)
         >>> s.num_outliers, s.outliers.tolist(), s.bulk_edge, round(s.negative_ratio, 4)
         (3, [9.0, 7.0, 6.0], 1.0, 0.0111)
+        >>> split_spectrum(lam, noise_floor=0.02).negative_fraction  # |-0.1| <= 0.02·9: zero, not negative
+        0.0
     """
     lam = torch.sort(eigenvalues.detach().double().cpu().reshape(-1), descending=True).values
     if lam.numel() == 0:
         raise ValueError("no eigenvalues given")
-    pos = lam[lam > 0][: max_outliers + 1]
-    ratios = pos[:-1] / pos[1:] if len(pos) > 1 else torch.zeros(0, dtype=torch.float64)
-    gap_ratio = ratios.max().item() if len(ratios) else 1.0
-    n_gap = int(torch.argmax(ratios)) + 1 if len(ratios) and gap_ratio >= min_gap else 0
-    absl = lam.abs()
+    width_band, note = _band(lam, density, band, noise_floor)
+    n_gap, gap_ratio = _gap_rule(lam, width_band, max_outliers, min_gap)
+    absl = torch.where(lam.abs() > width_band, lam.abs(), 0.0)
     total = absl.sum().item()
     p = absl[absl > 0] / max(total, 1e-300)
     eff = math.exp(-(p * p.log()).sum().item()) if len(p) else 0.0
-    neg_ratio = max(0.0, -lam[-1].item()) / lam[0].item() if lam[0] > 0 else math.inf
+    neg_ratio = max(0.0, -lam[-1].item() if -lam[-1] > width_band else 0.0) / lam[0].item() if lam[0] > 0 else math.inf
+    negative = lam < -width_band
     if density is None:
         bulk = lam[n_gap:]
         edge, width = (bulk[0].item(), (bulk[0] - bulk[-1]).item()) if len(bulk) else (math.nan, math.nan)
-        neg_frac = (lam < 0).double().mean().item()
-        neg_mass = absl[lam < 0].sum().item() / max(total, 1e-300)
+        neg_frac = negative.double().mean().item()
+        neg_mass = absl[negative].sum().item() / max(total, 1e-300)
         n_out, rule = n_gap, f"largest relative gap among the top {max_outliers + 1} positive eigenvalues >= {min_gap}"
     else:
-        grid, phi = (t.detach().double().cpu() for t in density)
-        if grid.shape != phi.shape or grid.ndim != 1:
-            raise ValueError(f"density must be (grid [M], values [M]), got {tuple(grid.shape)}, {tuple(phi.shape)}")
-        left, edge = _density_edges(grid, phi, edge_threshold)
+        left, edge, neg_frac, neg_mass = _density_statistics(density, width_band, edge_threshold)
         width = edge - left
-        neg_frac = _integral_below_zero(grid, phi) / torch.trapezoid(phi, grid).item()
-        weighted = phi * grid.abs()
-        neg_mass = _integral_below_zero(grid, weighted) / torch.trapezoid(weighted, grid).item()
         n_out, rule = int((lam > edge).sum()), f"eigenvalues beyond the density's bulk edge (φ > {edge_threshold}·max)"
     return SpectrumSplit(n_out, n_gap, gap_ratio, lam[:n_out].clone(), edge, width, neg_frac, neg_mass, neg_ratio,
-                         eff, rule)  # fmt: skip
+                         eff, rule, width_band, note)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -222,17 +279,6 @@ def logit_gradient_clustering(grads: Tensor, labels: Tensor) -> LogitClustering:
                            mean(same_l & same_c & other), mean(same_l & ~same_c & other), means)  # fmt: skip
 
 
-class _Wrapped(LinearOperator):
-    """An operator of another library (``@``, ``shape``, ``dtype``, ``device``) as a LinearOperator."""
-
-    def __init__(self, A: Any) -> None:
-        super().__init__(A.shape[0], A.dtype, A.device)
-        self.A = A
-
-    def _matmat(self, X: Tensor) -> Tensor:
-        return self.A @ X
-
-
 @dataclass(frozen=True)
 class GoldilocksResult(_Saved):
     """Curvature on a random ``d``-dimensional hyperplane (Fort & Scherlis 2018).
@@ -241,17 +287,22 @@ class GoldilocksResult(_Saved):
         trace_ratio: ``Tr(H_d)/‖H_d‖_F`` (``√d`` for ``c·I``, ``O(1)`` for a random symmetric matrix).
         positive_fraction: fraction of eigenvalues of ``H_d`` above 0.
         eigenvalues: ``[d]`` ascending eigenvalues of ``H_d``.
-        d, seed, num_matvecs, wall_time, status: what was run and what it cost.
+        d, seed, num_matvecs, wall_time: what was run and what it cost (``seed`` is ``None`` when a
+            generator or an explicit basis was given).
+        status: :class:`~curvscope.common.Status` ``exact`` (``H_d`` is computed exactly) or ``zero``
+            (``H_d = 0``: the ratio is undefined, NaN).
+        message: what happened.
     """
 
     trace_ratio: float
     positive_fraction: float
     eigenvalues: Tensor
     d: int
-    seed: int
+    seed: int | None
     num_matvecs: int
     wall_time: float
-    status: str
+    status: Status
+    message: str = ""
 
 
 def random_orthonormal(D: int, d: int, seed: SeedLike = 0, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -268,34 +319,70 @@ def random_orthonormal(D: int, d: int, seed: SeedLike = 0, dtype: torch.dtype = 
     return (Q * torch.sign(torch.diagonal(R))).to(dtype)
 
 
-def goldilocks(A: Any, d: int, seed: int = 0, basis: Tensor | None = None) -> GoldilocksResult:
+def _restricted(A: Any, M: Tensor, block_size: int | None, bar: Any) -> Tensor:
+    """``H_d = Mᵀ A M`` ``[d, d]`` float64 from products of ``block_size`` columns (cast to ``A.dtype``)."""
+    d = M.shape[1]
+    bs = d if block_size is None else int(block_size)
+    Hd = torch.empty(d, d, dtype=torch.float64)
+    for s in range(0, d, bs):
+        AM = (A @ M[:, s : s + bs].to(dtype=A.dtype)).to(M.dtype)
+        Hd[:, s : s + bs] = (M.T @ AM).double().cpu()
+        bar.update(AM.shape[1])
+    return (Hd + Hd.T) / 2
+
+
+def goldilocks(
+    A: Any,
+    d: int,
+    seed: SeedLike = 0,
+    basis: Tensor | None = None,
+    *,
+    block_size: int | None = None,
+    progress: bool | None = None,
+    work_dtype: WorkDtype = "auto",
+    checkpoint: None = None,
+) -> GoldilocksResult:
     """``Tr(H_d)/‖H_d‖_F`` and the positive fraction of ``H_d = Mᵀ A M``, ``M`` random orthonormal ``[D, d]``.
 
-    Costs ``d`` products with ``A`` (one block per 256 columns) and a dense ``d × d`` ``eigvalsh``.
+    Costs ``d`` products with ``A`` and a dense ``d × d`` ``eigvalsh``.
 
     Args:
         A: symmetric operator ``[D, D]`` (e.g. :class:`~curvscope.operators.Hessian`).
         d: hyperplane dimension.
-        seed: seed of ``M``.
+        seed: int or ``torch.Generator`` of ``M``.
         basis: an explicit ``[D, d]`` orthonormal ``M`` instead (``seed`` is then ignored).
+        block_size: columns of ``M`` per product ``A @ X`` (default all ``d``: one pass over the data).
+        progress: show a progress bar (default ``None``: only on a terminal).
+        work_dtype: dtype of ``M`` and of ``Mᵀ(AM)`` (``"auto"``: float64 when ``M`` fits); products
+            run in ``A.dtype``.
+        checkpoint: not supported (``d`` products are one pass): must be ``None``.
 
     Example:
         >>> from curvscope.operators import DenseOperator
         >>> r = goldilocks(DenseOperator(3.0 * torch.eye(50, dtype=torch.float64)), d=16)
-        >>> round(r.trace_ratio, 10), r.positive_fraction
-        (4.0, 1.0)
+        >>> round(r.trace_ratio, 10), r.positive_fraction, r.status
+        (4.0, 1.0, <Status.EXACT: 'exact'>)
     """
     t0 = time.perf_counter()
-    D = A.shape[0]
-    M = random_orthonormal(D, d, seed, A.dtype) if basis is None else basis
+    if checkpoint is not None:
+        raise ValueError("goldilocks is not resumable (its d products are one pass): drop checkpoint=")
+    if block_size is not None and int(block_size) < 1:
+        raise ValueError(f"block_size must be a positive number of columns, got {block_size}")
+    D = int(A.shape[0])
+    wd = resolve_work_dtype(work_dtype, A.dtype, D, 2 * d, "device", A.device, "goldilocks")
+    M = random_orthonormal(D, d, seed, wd) if basis is None else basis.to(wd)
     if M.shape != (D, d):
         raise ValueError(f"basis must be [{D}, {d}], got {tuple(M.shape)}")
-    op = A if isinstance(A, LinearOperator) else _Wrapped(A)
-    Hd = SubspaceOperator(op, M.to(A.dtype).to(A.device)).to_dense().double().cpu()
-    Hd = (Hd + Hd.T) / 2
+    bar = make_progress(d, progress, "goldilocks")
+    try:
+        Hd = _restricted(A, M.to(A.device), block_size, bar)
+    finally:
+        bar.close()
     evals = torch.linalg.eigvalsh(Hd)
     fro = torch.linalg.matrix_norm(Hd).item()
-    status = "ok" if fro > 0 else "zero_curvature"
+    status = Status.EXACT if fro > 0 else Status.ZERO
+    message = f"H_d from {d} products" if fro > 0 else "H_d is zero on this subspace: the trace ratio is undefined"
     ratio = Hd.trace().item() / fro if fro > 0 else math.nan
-    return GoldilocksResult(ratio, (evals > 0).double().mean().item(), evals, d, int(seed), d,
-                            time.perf_counter() - t0, status)  # fmt: skip
+    seed_value = int(seed) if isinstance(seed, int) and basis is None else None
+    return GoldilocksResult(ratio, (evals > 0).double().mean().item(), evals, d, seed_value, d,
+                            time.perf_counter() - t0, status, message)  # fmt: skip
