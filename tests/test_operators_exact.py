@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from curvscope import GGN, ClassStructure, GradientCovariance, GradientMoment, Hessian, Residual
-from curvscope.operators.strategies import CACHED
 from curvscope.operators.dense import (
     dense_class_structure,
     dense_ggn,
@@ -14,6 +13,7 @@ from curvscope.operators.dense import (
     dense_residual,
     finite_difference_hessian,
 )
+from curvscope.operators.strategies import CACHED
 from tiny_models import CASES, make_case
 
 RTOL = 1e-8
