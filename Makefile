@@ -1,7 +1,8 @@
 # curvscope — the two commands a newcomer types: `make demo` and `make test`.
 # Both create .venv when it is missing. TORCH_SPEC picks the torch to install
 # (default: the CPU wheel this project is developed against; bring your own with
-# e.g. `make test TORCH_SPEC='torch>=2.4'` or an already-installed torch in .venv).
+# e.g. `make test TORCH_SPEC='torch>=2.4'` or an already-installed torch in .venv). Extras are
+# installed with the installed torch pinned (.venv/constraints.txt), so no dependency upgrades it.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,8 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	@$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
 data:  ## install Debian's Fashion-MNIST when possible (optional; digits ship with scikit-learn)
@@ -34,7 +36,7 @@ test: $(STAMP) data  ## set up and run the whole test suite
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(STAMP)  ## install the peers and run the side-by-side benchmarks (writes benchmarks/results/)
-	$(BIN)/pip install -q -e ".[dev,bench]"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev,bench]"
 	$(BIN)/python benchmarks/matvec.py
 	@for b in eigen sketch; do test ! -f benchmarks/$$b.py || $(BIN)/python benchmarks/$$b.py || exit 1; done
 	$(BIN)/python -m pytest -q -m slow

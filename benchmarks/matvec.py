@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import environment, table, timeit, workload, write_json
 from curvscope import GGN, Hessian
-from curvscope.operators.curvature import CACHED
+from curvscope.operators.strategies import CACHED
 
 
 def run(name: str, device: str, repeat: int) -> list[dict]:

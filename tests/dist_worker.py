@@ -28,6 +28,11 @@ def main() -> None:
     mine = shard_batches(batches)
     if mode == "die" and rank == 1:
         os._exit(3)  # a rank that dies before the first product
+    if mode == "empty" and rank == 1:
+        mine = []  # an empty shard: every rank must refuse, none may wait in a collective
+    if mode == "nan" and rank == 1:
+        x, y = mine[0]
+        mine = [(torch.full_like(x, float("nan")), y), *mine[1:]]
     t0 = time.time()
     try:
         results = compute(model, loss_fn, mine)

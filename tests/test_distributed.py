@@ -22,7 +22,11 @@ def free_port() -> int:
 
 def launch(tmp_path, mode: str, timeout: float = 120):
     port = str(free_port())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": HERE}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]),
+    }
     procs = [
         subprocess.Popen(
             [sys.executable, os.path.join(HERE, "dist_worker.py"), str(r), "2", port, str(tmp_path), mode],
@@ -56,6 +60,19 @@ def test_a_dead_rank_fails_the_other_clearly(tmp_path):
     message = (tmp_path / "error0.txt").read_text()
     assert "DistributedError" in message and "Another rank probably died" in message, message
     assert elapsed < 60
+
+
+@pytest.mark.parametrize(
+    "mode,phrase", [("empty", "data is empty"), ("nan", "the inputs contain NaN")], ids=["empty_shard", "nan_batch"]
+)
+def test_bad_input_on_one_rank_is_refused_by_every_rank(tmp_path, mode, phrase):
+    """Input checks are agreed on before any collective: both ranks raise the same error, naming rank 1."""
+    codes, outs, elapsed = launch(tmp_path, mode, timeout=90)
+    assert codes == [2, 2], outs
+    messages = [(tmp_path / f"error{r}.txt").read_text().splitlines()[0] for r in range(2)]
+    assert messages[0] == messages[1], messages
+    assert "failed on 1 of 2 ranks" in messages[0] and "rank 1: ValueError: " in messages[0], messages
+    assert phrase in messages[0] and elapsed < 30
 
 
 @pytest.mark.parametrize("rank,world,expected", [(0, 2, [0, 2, 4]), (1, 2, [1, 3]), (0, 1, [0, 1, 2, 3, 4])])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -56,6 +56,38 @@ def all_reduce_sum(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
     if work is not tensor:
         tensor.copy_(work)
     return tensor
+
+
+def agree_on_errors(build: Callable[[], T], distributed: bool, what: str) -> T:
+    """Run ``build()`` on every rank and agree on failure before any collective work starts.
+
+    A rank whose input checks fail (bad data, an empty shard) would otherwise raise alone while
+    the others wait in the first all-reduce until the timeout. Here every rank learns every
+    rank's error, and all raise the same error naming the ranks that failed. Only ordinary
+    exceptions are shared; ``KeyboardInterrupt`` and the like propagate at once.
+    """
+    if not distributed:
+        return build()
+    result, mine = None, None
+    try:
+        result = build()
+    except Exception as err:
+        mine = f"{type(err).__name__}: {err}"
+        local = err
+    messages: list[str | None] = [None] * dist.get_world_size()
+    try:
+        dist.all_gather_object(messages, mine)
+    except Exception as err:
+        raise DistributedError(
+            f"rank {dist.get_rank()}: could not agree on {what} with the other ranks ({err}). Another "
+            f"rank probably died or timed out; check its log."
+        ) from err
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if failed:
+        text = "; ".join(f"rank {r}: {m}" for r, m in failed)
+        error = ValueError(f"{what} failed on {len(failed)} of {len(messages)} ranks — {text}")
+        raise error from (local if mine is not None else None)
+    return result
 
 
 def shard_batches(batches: Sequence[T], rank: int | None = None, world_size: int | None = None) -> list[T]:

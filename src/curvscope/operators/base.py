@@ -200,7 +200,11 @@ class LinearOperator:
         return out
 
     def to_scipy(self) -> scipy.sparse.linalg.LinearOperator:
-        """Wrap as a :class:`scipy.sparse.linalg.LinearOperator` (numpy in, numpy out)."""
+        """Wrap as a :class:`scipy.sparse.linalg.LinearOperator` (numpy in, numpy out).
+
+        NumPy has no bfloat16: a bfloat16/float16 operator is exposed in float32 (products are
+        still computed in the operator's dtype).
+        """
         import numpy as np
         import scipy.sparse.linalg
 
@@ -209,7 +213,9 @@ class LinearOperator:
         def _mm(x: np.ndarray) -> np.ndarray:
             X = torch.as_tensor(np.ascontiguousarray(x), device=self._device).to(self._dtype)
             Y = self @ (X if X.ndim == 2 else X.reshape(-1))
-            return Y.detach().cpu().numpy().reshape(x.shape)
+            return (
+                Y.detach().to(torch.float64 if np_dtype is np.float64 else torch.float32).cpu().numpy().reshape(x.shape)
+            )
 
         return scipy.sparse.linalg.LinearOperator(
             self.shape, matvec=_mm, rmatvec=_mm, matmat=_mm, rmatmat=_mm, dtype=np_dtype

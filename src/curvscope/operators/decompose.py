@@ -20,8 +20,8 @@ All means come from one pass over the data with ``2C²`` vector–Jacobian produ
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -29,10 +29,36 @@ from torch import Tensor, nn
 from torch.func import vjp, vmap
 
 from curvscope.distributed.comm import all_reduce_sum
+from curvscope.operators.autodiff import accumulation_dtype
 from curvscope.operators.base import LinearOperator
 from curvscope.operators.compose import LowRankOperator, SumOperator
 from curvscope.operators.ggn import GGN
 from curvscope.operators.lossgrad import closed_form_kind
+from curvscope.operators.strategies import is_benign
+
+
+def fresh_property(method: Callable[[Any], Any]) -> property:
+    """A cached property recomputed whenever the problem's data or parameters changed.
+
+    Keyed on :meth:`LossProblem.state_key` (identity and version of every batch tensor of a fixed
+    list, versions of the parameter snapshot); the cache holds the batches it was computed from so
+    their ids cannot be reused while the key lives.
+    """
+    name = method.__name__
+
+    @functools.wraps(method)
+    def getter(self: Any) -> Any:
+        key = self.problem.state_key()
+        cache = self.__dict__.setdefault("_fresh_cache", {})
+        if cache.get("__key__") != key:
+            data = self.problem.data
+            cache.clear()
+            cache.update({"__key__": key, "__pins__": list(data) if isinstance(data, (list, tuple)) else None})
+        if name not in cache:
+            cache[name] = method(self)
+        return cache[name]
+
+    return property(getter)
 
 
 def class_cotangents(p: Tensor, onehot: Tensor) -> Tensor:
@@ -136,13 +162,14 @@ class ClassStructure:
         """The shared :class:`~curvscope.operators.problem.LossProblem`."""
         return self.ggn.problem
 
-    @cached_property
+    @fresh_property
     def _sums(self) -> dict[str, Tensor]:
         problem, C = self.problem, self.num_classes
         D = problem.num_params
-        sums = torch.zeros(2 * C * C, D, dtype=problem.dtype, device=problem.device)
-        counts = torch.zeros(C, dtype=problem.dtype, device=problem.device)
-        weights = torch.zeros(C, C, dtype=problem.dtype, device=problem.device)
+        acc = accumulation_dtype(problem.dtype)  # float64 sums for float32 problems
+        sums = torch.zeros(2 * C * C, D, dtype=acc, device=problem.device)
+        counts = torch.zeros(C, dtype=acc, device=problem.device)
+        weights = torch.zeros(C, C, dtype=acc, device=problem.device)
         chunk = self.ggn.max_block
         for index, batch in problem.batches():
             inputs, _ = problem.split(batch)
@@ -161,7 +188,9 @@ class ClassStructure:
                 part = cot[s : s + chunk]
                 try:
                     out = vmap(vjp_fn)(part)[0]
-                except Exception:
+                except Exception as err:
+                    if not is_benign(err):
+                        raise
                     outs = [vjp_fn(u)[0] for u in part]
                     out = {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
                 sums[s : s + part.shape[0]] += problem.flatten(out).T
@@ -170,7 +199,8 @@ class ClassStructure:
         if self.ggn.distributed:  # each rank holds a shard: sum the class sums over ranks
             for t in (sums, counts, weights):
                 all_reduce_sum(t)
-        return {"sums": sums.reshape(2, C, C, D), "counts": counts, "weights": weights}
+        out = {"sums": sums.reshape(2, C, C, D), "counts": counts, "weights": weights}
+        return {k: v.to(problem.dtype) for k, v in out.items()}
 
     # ----------------------------------------------------------------- the means
     @property
@@ -183,13 +213,13 @@ class ClassStructure:
         """``N``."""
         return self.ggn.num_samples
 
-    @cached_property
+    @fresh_property
     def cross_class_means(self) -> Tensor:
         """``z̄_{c,c'}`` as ``[D, C, C]`` (zero for a class with no sample)."""
         counts = self.class_counts.clamp(min=1)
         return (self._sums["sums"][0] / counts[:, None, None]).permute(2, 0, 1)
 
-    @cached_property
+    @fresh_property
     def class_means(self) -> Tensor:
         """``z̄_c = (1/C) Σ_{c'} z̄_{c,c'}`` as ``[D, C]``."""
         return self.cross_class_means.mean(dim=2)
@@ -199,20 +229,20 @@ class ClassStructure:
         """``W_{c,c'} = Σ_{i∈c} p_{ic'}``, ``[C, C]``."""
         return self._sums["weights"]
 
-    @cached_property
+    @fresh_property
     def papyan_means(self) -> Tensor:
         """``δ̄_{c,c'} = Σ_{i∈c} p_{ic'} δ_{i,c'} / W_{c,c'}`` as ``[D, C, C]``."""
         W = self.papyan_weights.clamp(min=torch.finfo(self.problem.dtype).tiny)
         return (self._sums["sums"][1] / W[:, :, None]).permute(2, 0, 1)
 
     # ------------------------------------------------------------- the operators
-    @cached_property
+    @fresh_property
     def class_term(self) -> LinearOperator:
         """``G_class = Σ_c (C n_c / N) z̄_c z̄_cᵀ`` (rank ≤ C)."""
         w = self.num_classes * self.class_counts / self.num_samples
         return LowRankOperator(self.class_means, w)
 
-    @cached_property
+    @fresh_property
     def cross_term(self) -> LinearOperator:
         """``G_cross = Σ_{c,c'} (n_c / N)(z̄_{c,c'} − z̄_c)(…)ᵀ`` (rank ≤ C(C−1))."""
         C = self.num_classes
@@ -220,18 +250,18 @@ class ClassStructure:
         w = (self.class_counts / self.num_samples)[:, None].expand(C, C)
         return LowRankOperator(centred.reshape(-1, C * C), w.reshape(-1))
 
-    @cached_property
+    @fresh_property
     def within_term(self) -> LinearOperator:
         """``G_within = G − G_class − G_cross`` (PSD; the bulk)."""
         return SumOperator([self.ggn, self.class_term, self.cross_term], [1.0, -1.0, -1.0])
 
-    @cached_property
+    @fresh_property
     def papyan_between(self) -> LinearOperator:
         """Papyan's ``G_B = (1/N) Σ_{c,c'} W_{c,c'} δ̄_{c,c'} δ̄_{c,c'}ᵀ`` (rank ≤ C(C−1))."""
         C = self.num_classes
         return LowRankOperator(self.papyan_means.reshape(-1, C * C), self.papyan_weights.reshape(-1) / self.num_samples)
 
-    @cached_property
+    @fresh_property
     def papyan_within(self) -> LinearOperator:
         """Papyan's ``G_W = G − G_B``."""
         return SumOperator([self.ggn, self.papyan_between], [1.0, -1.0])

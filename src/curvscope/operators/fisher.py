@@ -64,13 +64,17 @@ class GradientMoment(CurvatureOperator):
 class GradientCovariance(GradientMoment):
     """``Σ = M − ∇L ∇Lᵀ``: the covariance of per-sample gradients (PSD).
 
-    The full-batch gradient is computed once, on the first product.
+    The full-batch gradient is computed on the first product and again whenever a batch or the
+    parameters changed.
     """
 
-    _mean_gradient: Tensor | None = None
+    _mean_gradient: tuple | None = None  # (state key, pinned batches, gradient)
 
     def _pass(self, X: Tensor) -> Tensor:
-        if self._mean_gradient is None:
-            self._mean_gradient = self.gradient()
-        g = self._mean_gradient
+        key = self.problem.state_key()
+        if self._mean_gradient is None or self._mean_gradient[0] != key:
+            data = self.problem.data
+            pins = list(data) if isinstance(data, (list, tuple)) else None  # keeps the ids in the key unique
+            self._mean_gradient = (key, pins, self.gradient())
+        g = self._mean_gradient[2].to(X.dtype)
         return super()._pass(X) - torch.outer(g, g @ X)

@@ -14,6 +14,7 @@ over the whole dataset, never an average of per-batch means.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fnmatch
 import logging
 import math
@@ -24,6 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from curvscope.operators.fingerprint import Digest, tensors_digest
+from curvscope.operators.graphs import tensor_key
 
 logger = logging.getLogger("curvscope")
 
@@ -51,6 +55,32 @@ def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     if isinstance(obj, list):
         return [_map_tensors(v, fn) for v in obj]
     return obj
+
+
+_WARNED_LOW_PRECISION: set[torch.dtype] = set()
+
+
+def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
+    """The default compute dtype: the parameters' own, except float32 for bfloat16/float16 models."""
+    if param_dtype in (torch.bfloat16, torch.float16):
+        if param_dtype not in _WARNED_LOW_PRECISION:
+            _WARNED_LOW_PRECISION.add(param_dtype)
+            warnings.warn(
+                f"the model's parameters are {param_dtype}: curvature products run in float32 on upcast "
+                f"copies of the parameters, buffers and inputs (the model is not modified), because "
+                f"{param_dtype} rounding (eps {torch.finfo(param_dtype).eps:.0e}) cannot certify an "
+                f"eigenvalue. Pass dtype={param_dtype} to compute in it anyway, or dtype=torch.float64.",
+                stacklevel=4,
+            )
+        return torch.float32
+    return param_dtype
+
+
+def tensors_digest_names(names: list[str]) -> str:
+    """A short hash of the parameter names (their order is the flat vector's)."""
+    d = Digest()
+    d.update_text("\n".join(names))
+    return d.hexdigest()
 
 
 def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
@@ -117,8 +147,10 @@ class LossProblem:
         mode: ``"eval"`` (default: dropout off, BatchNorm uses running statistics — the
             curvature of a deterministic function), ``"train"`` or ``"as_is"``. Module
             flags are set for each pass and restored afterwards.
-        dtype: compute dtype (default: the parameters'). Parameters, buffers and floating
-            inputs are cast copies; the model itself is never modified.
+        dtype: compute dtype of the products. Default: the parameters' dtype for float32 and
+            float64 models; **float32 for bfloat16/float16 models** (products in 8- or 11-bit
+            mantissas cannot certify an eigenvalue; a one-time warning says so). Parameters,
+            buffers and floating inputs are cast copies; the model itself is never modified.
         device: compute device (default: the parameters').
         move_batches: move each batch to ``device`` (default: refuse a batch on another
             device with an error that says so).
@@ -183,7 +215,7 @@ class LossProblem:
             raise TypeError(f"model must be an nn.Module or a callable f(params, inputs), got {type(model)}")
 
         first = source[names[0]]
-        self.dtype = dtype or first.dtype
+        self.dtype = dtype or compute_dtype_for(first.dtype)
         self.device = torch.device(device) if device is not None else first.device
         if not self.dtype.is_floating_point:
             raise TypeError(f"curvature needs a floating dtype, got {self.dtype}")
@@ -342,42 +374,36 @@ class LossProblem:
         return outputs, total
 
     def _validate_data(self, full: bool) -> int:
-        """Check batches before any expensive work; return the number of samples."""
-        total, seen = 0, 0
+        """Read every batch once before any expensive work; return the number of samples read.
+
+        Always: structure, sample count (what iterating ``data`` actually yields, so a
+        ``drop_last`` loader or a ``DistributedSampler`` shard is counted right) and a hash of the
+        contents for the fingerprint. The first batch is also run forward (activation size, a
+        scalar finite loss); with ``full`` every batch is (finite inputs, outputs and loss).
+        """
+        total, seen, digest, shapes = 0, 0, Digest(), None
         with torch.no_grad():
             for index, batch in self.batches():
                 inputs, targets = self.split(batch)
                 n = self.batch_size(batch)
-                for t in _tensor_leaves(inputs):
-                    if t.is_floating_point() and not torch.isfinite(t).all():
-                        raise ValueError(f"batch {index}: the inputs contain NaN or Inf")
-                if seen == 0:
-                    outputs, self.activation_bytes = self._forward_measuring(inputs)
-                else:
-                    outputs = self.forward(self.values, inputs)
-                for t in _tensor_leaves(outputs):
-                    if t.is_floating_point() and not torch.isfinite(t).all():
-                        raise ValueError(f"batch {index}: the model outputs contain NaN or Inf")
-                loss = self.loss_fn(outputs, targets)
-                if not isinstance(loss, Tensor) or loss.numel() != 1 or loss.ndim > 1:
-                    shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-                    raise ValueError(
-                        f"the loss returned shape {shape}, expected a scalar: pass reduction='mean' "
-                        f"(or 'sum' together with loss_reduction='sum')"
-                    )
-                if not math.isfinite(float(loss)):
-                    raise ValueError(f"batch {index}: the loss is {float(loss)}")
+                leaves = _tensor_leaves(batch)
+                for t in leaves:
+                    digest.update(t)
+                if shapes is None:
+                    shapes = [list(t.shape) for t in leaves]
+                if seen == 0 or full:
+                    self._check_batch(index, inputs, targets, measure=seen == 0)
                 total += n
                 seen += 1
-                if not full:
-                    break
-        if seen == 0:
-            raise ValueError("data is empty: it yielded no batch")
-        if not full:
-            length = getattr(getattr(self.data, "dataset", None), "__len__", None)
-            if length is not None:
-                return len(self.data.dataset)
-            total = sum(self.batch_size(b) for b in self.data)
+        if seen == 0 or total == 0:
+            raise ValueError("data is empty: it yielded no batch (or only empty ones)")
+        self._data_fingerprint = {
+            "num_batches": seen,
+            "num_samples": total,
+            "shapes": shapes,
+            "contents": digest.hexdigest(),
+        }
+        self._data_key = self.data_key()
         logger.info(
             "curvscope: %d parameters, %d samples, mode=%r (default 'eval': dropout off, BatchNorm running stats)",
             self.num_params,
@@ -385,3 +411,68 @@ class LossProblem:
             self.mode,
         )
         return total
+
+    def _check_batch(self, index: int, inputs: Any, targets: Any, measure: bool) -> None:
+        for t in _tensor_leaves(inputs):
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ValueError(f"batch {index}: the inputs contain NaN or Inf")
+        if measure:
+            outputs, self.activation_bytes = self._forward_measuring(inputs)
+        else:
+            outputs = self.forward(self.values, inputs)
+        for t in _tensor_leaves(outputs):
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ValueError(f"batch {index}: the model outputs contain NaN or Inf")
+        loss = self.loss_fn(outputs, targets)
+        if not isinstance(loss, Tensor) or loss.numel() != 1 or loss.ndim > 1:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(
+                f"the loss returned shape {shape}, expected a scalar: pass reduction='mean' "
+                f"(or 'sum' together with loss_reduction='sum')"
+            )
+        if not math.isfinite(float(loss)):
+            raise ValueError(f"batch {index}: the loss is {float(loss)}")
+
+    # ----------------------------------------------------------------- fingerprints
+    def data_key(self) -> tuple:
+        """Identity and version of every batch tensor of a fixed list (empty for a loader).
+
+        Changes when a batch is replaced (``data[i] = …``) or edited in place.
+        """
+        if not isinstance(self.data, (list, tuple)):
+            return ()
+        return (id(self.data), len(self.data), *(tensor_key(_tensor_leaves(b)) for b in self.data))
+
+    def state_key(self) -> tuple:
+        """:meth:`data_key` plus the versions of the parameter snapshot: caches keyed on it never go stale."""
+        return (self.data_key(), tensor_key(self.values.values()))
+
+    def data_fingerprint(self) -> dict:
+        """Shapes, batch and sample counts and a hash of the contents, from the validation scan.
+
+        A fixed list edited since is scanned again, so the fingerprint always describes the data.
+        """
+        if self._data_key != self.data_key():
+            self.num_samples = self._validate_data(full=False)
+        return dict(self._data_fingerprint)
+
+    def fingerprint(self) -> dict:
+        """What this problem measures: model, loss, parameter selection, policy, values and data."""
+        loss = self.loss_fn
+        return {
+            "model": type(self.model).__name__,
+            "loss": {"type": type(loss).__name__, "reduction": getattr(loss, "reduction", self.loss_reduction)},
+            "params": {"count": len(self.names), "numel": self.num_params, "names": tensors_digest_names(self.names)},
+            "mode": self.mode,
+            "dtype": str(self.dtype),
+            "values": tensors_digest({**self.values, **self.fixed}),
+            "data": self.data_fingerprint(),
+        }
+
+    def astype(self, dtype: torch.dtype) -> LossProblem:
+        """The same problem computed in ``dtype`` (copies of values and buffers; no new validation)."""
+        twin = copy.copy(self)
+        twin.dtype = dtype
+        twin.values = {n: t.to(dtype) if t.is_floating_point() else t for n, t in self.values.items()}
+        twin.fixed = {n: t.to(dtype) if t.is_floating_point() else t for n, t in self.fixed.items()}
+        return twin
