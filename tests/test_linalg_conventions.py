@@ -246,3 +246,25 @@ def test_auto_work_dtype_falls_back_with_a_warning_when_float64_cannot_fit(monke
     assert res.eigenvectors.dtype == torch.float32 and res.status == "converged"
     res = eigsh(DenseOperator(tm.A.float()), 3, ncv=11, storage="disk", progress=False)  # disk keeps float64
     assert res.eigenvectors.dtype == DT
+
+
+def test_a_float32_hessian_gets_its_tolerance_from_its_measured_noise():
+    from curvscope.operators import Hessian
+    from curvscope.operators.dense import dense_hessian
+    from tiny_models import make_case
+
+    case = make_case("mlp_tanh")
+    exact = torch.linalg.eigvalsh(dense_hessian(case.model, case.loss_fn, case.full)).flip(0)[:3]
+    batches = [tuple(t.float() if t.is_floating_point() else t for t in b) for b in case.batches]
+    H = Hessian(case.model.float(), case.loss_fn, batches)
+    res = eigsh(H, 3, progress=False)
+    assert res.status == "converged" and res.tol == pytest.approx(NOISE_FACTOR * H.noise_floor)
+    assert res.tol < torch.finfo(torch.float32).eps ** 0.5  # tighter than the unmeasured float32 default
+    torch.testing.assert_close(res.eigenvalues, exact, rtol=1e-5, atol=0)
+
+
+def test_lanczos_draws_no_bar_of_its_own_under_a_callers_callback(capsys):
+    A = DenseOperator(make("spiked", 50, seed=0).A)
+    steps = []
+    lanczos(A, 10, callback=lambda step, mv: steps.append(mv))  # progress=None: the caller reports
+    assert steps == list(range(1, 11)) and capsys.readouterr().err == ""
