@@ -13,6 +13,7 @@ from curvscope.common import SeedLike, make_generator  # the one make_generator 
 
 __all__ = ["PROBES", "SeedLike", "gaussian", "make_generator", "probes", "rademacher", "unit_sphere"]
 
+
 def gaussian(
     dim: int, num: int, generator: torch.Generator, dtype: torch.dtype, device: torch.device | str = "cpu"
 ) -> Tensor:
