@@ -50,6 +50,21 @@ def cnn_1m() -> nn.Module:
     )
 
 
+def cnn_104k() -> nn.Module:
+    """~104k parameters on 8x8 digits (issue 10 §3): two 3x3 convolutions, max-pool, two linear layers."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 82),
+        nn.ReLU(),
+        nn.Linear(82, 10),
+    )
+
+
 def workload(name: str, dtype=torch.float32, batch_size: int = 512, num_samples: int | None = None):
     """``(model, loss_fn, batches)`` for a named workload (seeded)."""
     torch.manual_seed(0)
@@ -92,6 +107,24 @@ def environment() -> dict:
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+
+
+def loadavg() -> tuple[float, float, float]:
+    """``os.getloadavg()`` (1, 5, 15 minutes): record it beside every timing on a shared machine."""
+    return tuple(round(x, 2) for x in os.getloadavg())
+
+
+def peer_versions(names=("curvlinops-for-pytorch", "pyhessian", "hessian-eigenthings", "scipy", "numpy")) -> dict:
+    """Installed versions of the peer libraries (``None`` when absent)."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def write_json(folder: str, name: str, payload: dict) -> Path:
