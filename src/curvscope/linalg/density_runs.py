@@ -18,6 +18,7 @@ from torch import Tensor
 from curvscope.common import Status
 from curvscope.linalg.checkpoint import jsonable, load_state, save_state
 from curvscope.linalg.lanczos import lanczos
+from curvscope.linalg.products import check_finite, check_product
 from curvscope.linalg.sampling import probes
 from curvscope.operators.fingerprint import check_fingerprint, operator_fingerprint
 
@@ -91,6 +92,7 @@ class _SlqState:
         self.nodes[:n], self.weights[:n], self.resid[:n] = tensors["nodes"], tensors["weights"], tensors["resid"]
 
     def record(self, s: int, res: Any) -> None:
+        check_finite(torch.cat([res.alpha.reshape(-1), res.beta.reshape(-1)]), "spectral_density (SLQ)")
         for b in range(res.num_runs):
             theta, S, r = res.ritz(b)
             n = theta.numel()
@@ -152,6 +154,7 @@ def kpm_range(A: Any, gen: torch.Generator, margin: float, range_steps: int) -> 
     """``(lo, hi, products)``: Ritz bounds ± residuals of a short Lanczos run, widened by ``margin``."""
     D = int(A.shape[0])
     res = lanczos(A, min(range_steps, D), seed=gen, keep_basis=False, work_dtype=A.dtype)
+    check_finite(torch.cat([res.alpha, res.beta]), "spectral_density (KPM range)")
     theta, _, r = res.ritz()
     lo, hi = float(theta[0] - r[0]), float(theta[-1] + r[-1])
     pad = margin * max(hi - lo, 1e-12 * max(abs(hi), 1.0))
@@ -162,7 +165,7 @@ def _moments(A: Any, V: Tensor, a: float, b: float, num_steps: int, bar: Any) ->
     """Chebyshev moments ``[2·num_steps + 1, P]`` of the probes ``V`` and the largest vector norm seen."""
 
     def apply(X):
-        return (A @ X - a * X) / b
+        return (check_product(X, A @ X, "spectral_density (KPM)") - a * X) / b
 
     P = V.shape[1]
     mu = torch.zeros(2 * num_steps + 1, P, dtype=V.dtype, device=V.device)

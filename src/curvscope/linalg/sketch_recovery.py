@@ -19,6 +19,7 @@ from torch import Tensor
 from curvscope.common import Status, make_progress
 from curvscope.linalg import blockstore as bs
 from curvscope.linalg import streamed
+from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import make_generator, probes
 
 METHODS = ("auto", "block_krylov", "nystrom", "core", "subspace")
@@ -109,7 +110,8 @@ class _Products:
         self.bar = make_progress(total, progress, "sketched_eigh")
 
     def __call__(self, X: Tensor, purpose: str = "sketch") -> Tensor:
-        Y = self.A @ X.to(device=self.A.device, dtype=self.op_dtype)
+        Xd = X.to(device=self.A.device, dtype=self.op_dtype)
+        Y = check_product(Xd, self.A @ Xd, "sketched_eigh")
         self.counts[purpose] += X.shape[1]
         self.bar.update(X.shape[1])
         return Y.to(self.work_dtype)

@@ -48,6 +48,7 @@ from curvscope.linalg.checkpoint import jsonable, load_state, save_state
 from curvscope.linalg.density_runs import fingerprint_of
 from curvscope.linalg.lanczos import check_operator
 from curvscope.linalg.precision import WorkDtype, promote, resolve_work_dtype
+from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import probes
 from curvscope.operators.fingerprint import check_fingerprint
 
@@ -173,9 +174,10 @@ class _Products:
         start = 0 if done is None else done.shape[-1]
         self.bar.update(start)
         for s in range(start, n, bs):
-            Y = self.A @ X[:, s : s + bs]
+            Xb = X[:, s : s + bs]
+            Y = check_product(Xb, self.A @ Xb, self.config["what"])
             self.bar.update(Y.shape[1])
-            parts.append(reduce(X[:, s : s + bs], Y))
+            parts.append(reduce(Xb, Y))
             if self.path is not None:
                 self._save(stage, torch.cat(parts, -1))
         return torch.cat(parts, -1) if len(parts) > 1 else parts[0]

@@ -29,6 +29,7 @@ from curvscope.common import SeedLike, Status, as_status, make_generator, make_p
 from curvscope.io import load_tensors, save_tensors
 from curvscope.linalg.density import Density
 from curvscope.linalg.precision import WorkDtype, resolve_work_dtype
+from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import gaussian
 
 
@@ -325,7 +326,8 @@ def _restricted(A: Any, M: Tensor, block_size: int | None, bar: Any) -> Tensor:
     bs = d if block_size is None else int(block_size)
     Hd = torch.empty(d, d, dtype=torch.float64)
     for s in range(0, d, bs):
-        AM = (A @ M[:, s : s + bs].to(dtype=A.dtype)).to(M.dtype)
+        X = M[:, s : s + bs].to(dtype=A.dtype)
+        AM = check_product(X, A @ X, "goldilocks").to(M.dtype)
         Hd[:, s : s + bs] = (M.T @ AM).double().cpu()
         bar.update(AM.shape[1])
     return (Hd + Hd.T) / 2
