@@ -2,20 +2,23 @@
 
 from curvscope.experiments.fernandez2025 import QUICK, RECIPE
 from curvscope.experiments.run import RunDir
-from exp_harness import check_claims, check_figures_and_report, check_resume, quick_run_fixture
+from exp_harness import PASS, REPORTED, check_claims, check_figures_and_report, check_resume, quick_run_fixture
 
 STEPS = [0, 32, 320]  # epochs 0, 1, 10 of N = 2000 at batch 64
 DIMS = (2378, 6794)
 
-# Held on every seed tried (0, 1, 2).
-ROBUST = (
-    "random_masks_at_chance",
-    "magnitude_mask_above_chance",
-    "larger_net_higher_overlap",
-    "sketch_matches_lanczos",
-)
-CHECKED = ("magnitude_mask_ratio_range",)  # k = 200 sits at the 1.5 edge: fails on some seeds, not asserted here
-REPORTED = ("magnitude_mask_k10", "layer_matched_control", "magnitude_mask_at_init")
+# (kind, verdict) of every claim at the quick scale on seed 0, the seed these tests run; every one is
+# asserted, failures included. Seeds 0-2: docs/claims-seeds.md.
+EXPECTED = {
+    "random_masks_at_chance": ("sanity", PASS),
+    "magnitude_mask_above_chance": ("paper", PASS),
+    "magnitude_mask_ratio_range": ("regression", PASS),
+    "larger_net_higher_overlap": ("paper", PASS),
+    "sketch_matches_lanczos": ("regression", PASS),
+    "magnitude_mask_k10": ("paper", REPORTED),
+    "layer_matched_control": ("paper", REPORTED),
+    "magnitude_mask_at_init": ("paper", REPORTED),
+}
 FIGURES = ("masks_net0", "masks_net1", "training_net0", "training_net1", "model_sizes", "top_eigenvalues")
 
 
@@ -26,8 +29,8 @@ def test_recipe_is_named():
 quick_run = quick_run_fixture(RECIPE)
 
 
-def test_claims_present_and_robust_ones_hold(quick_run):
-    check_claims(quick_run[1], ROBUST, CHECKED, REPORTED)
+def test_claims_kinds_and_verdicts(quick_run):
+    check_claims(quick_run[1], EXPECTED)
 
 
 def test_measurements_are_sane(quick_run):

@@ -2,15 +2,22 @@
 
 from curvscope.experiments.papyan2019 import QUICK, RECIPE
 from curvscope.experiments.run import RunDir
-from exp_harness import check_claims, check_figures_and_report, check_resume, quick_run_fixture
+from exp_harness import PASS, REPORTED, check_claims, check_figures_and_report, check_resume, quick_run_fixture
 
 C = QUICK.model_kwargs["num_classes"]
 STEPS = [0, 32, 64, 160]  # epochs 0, 1, 2, 5 of N = 2000 at batch 64
 
-# Held on every seed tried (0, 1, 2).
-ROBUST = ("decomposition_identities", "within_terms_psd", "rank_G_B", "top_space_in_cross_class_span")
-CHECKED = ("top_eigenvalues_H_equal_G",)  # checked, but fails on some seeds at epoch 1: not asserted here
-REPORTED = ("mini_outliers",)
+# (kind, verdict) of every claim at the quick scale on seed 0, the seed these tests run; every one is
+# asserted, failures included. Seeds 0-2: docs/claims-seeds.md.
+EXPECTED = {
+    "decomposition_identities": ("sanity", PASS),
+    "within_terms_psd": ("sanity", PASS),
+    "rank_G_B": ("sanity", PASS),
+    "top_space_in_cross_class_span": ("paper", PASS),
+    "cross_class_span_overlap_level": ("regression", PASS),
+    "top_eigenvalues_H_equal_G": ("regression", PASS),
+    "mini_outliers": ("paper", REPORTED),
+}
 FIGURES = (
     *(f"terms_N2000_step{s}" for s in STEPS),
     "terms_N500_step160",
@@ -31,8 +38,8 @@ def test_recipe_is_named():
 quick_run = quick_run_fixture(RECIPE)
 
 
-def test_claims_present_and_robust_ones_hold(quick_run):
-    check_claims(quick_run[1], ROBUST, CHECKED, REPORTED)
+def test_claims_kinds_and_verdicts(quick_run):
+    check_claims(quick_run[1], EXPECTED)
 
 
 def test_measurements_are_sane(quick_run):

@@ -4,26 +4,29 @@ import torch
 
 from curvscope.experiments.run import RunDir
 from curvscope.experiments.sagun2017 import QUICK, RECIPE
-from exp_harness import check_claims, check_figures_and_report, check_resume, quick_run_fixture
+from exp_harness import PASS, REPORTED, check_claims, check_figures_and_report, check_resume, quick_run_fixture
 
-# Held on every seed tried (0, 1, 2); see the module docstring for the settings.
-ROBUST = (
-    "gauss_newton_psd",
-    "residual_carries_negative",
-    "outliers_from_gauss_newton",
-    "no_barrier",
-    "monotone_path",
-    "small_batch_flatter",
-)
-REPORTED = ("residual_shrinks_with_loss",)
+# (kind, verdict) of every claim at the quick scale on seed 0, the seed these tests run; every one is
+# asserted, failures included. Seeds 0-2: docs/claims-seeds.md.
+EXPECTED = {
+    "gauss_newton_psd": ("sanity", PASS),
+    "hessian_has_negative_eigenvalues": ("paper", PASS),
+    "residual_carries_negative": ("sanity", PASS),
+    "outliers_from_gauss_newton": ("paper", PASS),
+    "top_eigenvalues_H_G_agree": ("regression", PASS),
+    "residual_shrinks_with_loss": ("paper", REPORTED),
+    "no_barrier": ("paper", PASS),
+    "monotone_path": ("paper", PASS),
+    "small_batch_flatter": ("paper", PASS),
+}
 FIGURES = ("densities_early", "densities_lb", "top_eigenvalues_H_G", "interpolation", "training")
 
 
 quick_run = quick_run_fixture(RECIPE)
 
 
-def test_claims_present_and_robust_ones_hold(quick_run):
-    check_claims(quick_run[1], ROBUST, (), REPORTED)
+def test_claims_kinds_and_verdicts(quick_run):
+    check_claims(quick_run[1], EXPECTED)
 
 
 def test_measurements_are_sane(quick_run):
@@ -33,8 +36,9 @@ def test_measurements_are_sane(quick_run):
     assert line["alpha"].shape == (QUICK.line_points,)
     assert float(line["alpha"][0]) == -0.5 and float(line["alpha"][-1]) == 1.5
     assert {0.0, 1.0} <= set(line["lambda_alpha"].tolist())
-    # λ_max along the line is certified: residual ≤ tol · ‖H‖ with ‖H‖ ≈ λ_max here.
-    assert bool((line["lambda_residual"] <= 10 * QUICK.line_tol * line["lambda_max"]).all())
+    # λ_max along the line is certified: residual ≤ tol · ‖H‖ (eigsh's default tol) with ‖H‖ ≈ λ_max here.
+    assert bool((line["lambda_residual"] <= 10 * line["lambda_tol"] * line["lambda_max"]).all())
+    assert set(results["steps"]["interpolation"]["values"]["lambda_status"]) == {"converged"}
     # λ_max at θ_LB from the line agrees with the top-10 eigsh run there.
     top = run.arrays("top_H_lb")
     lam_lb = line["lambda_max"][line["lambda_alpha"].tolist().index(0.0)]

@@ -104,7 +104,7 @@ def run_demo(run: RunDir, ctx: Context) -> None:
 
     def confinement():
         g = H.gradient()
-        fr = [gradient_confinement(g, Q[:, :k]) for k in (1, 9, TOP_K)]
+        fr = [float(gradient_confinement(g, Q[:, :k])) for k in (1, 9, TOP_K)]
         return {"k": torch.tensor([1.0, 9.0, TOP_K]), "fraction": torch.tensor(fr, dtype=torch.float64)}
 
     conf = run.step("confinement", confinement)

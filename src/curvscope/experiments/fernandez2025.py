@@ -223,7 +223,9 @@ def _measure(run: RunDir, name: str, cfg: Settings, net: Net, model, data, final
             H32 = Hessian(model, nn.CrossEntropyLoss(), parts, dtype=torch.float32, device=ctx.device)
             sk = _top_space(H32, kmax, "sketch", ctx.seed)
             sk_scores = _mask_scores(params, sk["Q"], cfg.ks, 1, ctx.seed)
-            out["sketch_subspace_overlap"] = [subspace_overlap(top["Q"][:, :k], sk["Q"][:, :k], False) for k in cfg.ks]
+            out["sketch_subspace_overlap"] = [
+                float(subspace_overlap(top["Q"][:, :k], sk["Q"][:, :k], False)) for k in cfg.ks
+            ]
             out["sketch_magnitude"] = sk_scores["magnitude"]
             out["sketch_abs_eigenvalues"] = sk["eigenvalues"].abs()
             out["sketch_info"] = {k: v for k, v in sk.items() if k not in ("eigenvalues", "Q", "residuals")}

@@ -149,8 +149,8 @@ def _gmm_run(run: RunDir, ctx: Context, s: Settings, tag: str) -> dict:
         def confine(V=V, H=H) -> dict:
             g = H.gradient().cpu().to(F64)
             mb = torch.stack([Hessian(model, loss_fn, [b], probe=False).gradient().cpu().to(F64) for b in mini], 1)
-            full = [gradient_confinement(g, V[:, : C - 1]), gradient_confinement(g, V)]
-            return {"full": full, "minibatch": gradient_confinement(mb, V[:, : C - 1])}
+            full = [float(gradient_confinement(g, V[:, : C - 1])), float(gradient_confinement(g, V))]
+            return {"full": full, "minibatch": gradient_confinement(mb, V[:, : C - 1]).fractions.to(F64)}
 
         conf = run.step(f"confine_{tag}_{i}", confine)
         mb = conf["minibatch"]
