@@ -171,3 +171,28 @@ def test_report_renders_in_headless_chromium(tmp_path):
     total = re.search(r'data-images-total="(\d+)"', dom)
     assert loaded and total, dom[-500:]
     assert int(total.group(1)) == 2 and loaded.group(1) == total.group(1)
+
+
+def test_reproduce_refuses_a_run_dir_made_with_other_settings(tmp_path):
+    """run_experiment fingerprints the recipe's settings: changing one refuses to resume, naming it."""
+    from curvscope.experiments.instruments import statuses
+    from curvscope.experiments.registry import EXPERIMENTS, Recipe, register, run_experiment
+    from curvscope.operators.fingerprint import StaleStateError
+
+    settings = {"epochs": 4}
+
+    def run(rd, ctx):
+        rd.claim(Claim("x", "a statement", 1, "= 1", True, inputs=statuses(step={"status": "converged"})))
+
+    try:
+        register(Recipe("zz_fp", "t", "s", run, settings=lambda scale: dict(settings)), overwrite=True)
+        done = run_experiment("zz_fp", out=tmp_path / "r", progress=False)
+        assert done.results["claims"][0]["verdict"] == "pass"
+        assert json.loads((tmp_path / "r" / "fingerprint.json").read_text())["params"] == {"epochs": 4}
+        run_experiment("zz_fp", out=tmp_path / "r", progress=False)  # same settings: resumes
+        settings["epochs"] = 8
+        with pytest.raises(StaleStateError, match=r"params\.epochs: 4 -> 8"):
+            run_experiment("zz_fp", out=tmp_path / "r", progress=False)
+    finally:
+        EXPERIMENTS.pop("zz_fp", None)
+    assert statuses(done={"status": "converged"}, legacy={}) == {"done": "converged", "legacy": "unverified"}
