@@ -32,6 +32,7 @@ CNN, float64, all 1797 digits in one batch (trained 2 epochs the same way).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -121,6 +122,29 @@ def median_time(fn, repeat: int) -> tuple[float, float]:
     return float(np.median(times)), float(np.median(cpu))
 
 
+def same_load(calls, calls_cpu, steady, steady_cpu, wall, cpu, rec) -> dict:
+    """The ratio from the run's own timings only (robust to load drifting between the phases).
+
+    Typical product = median of the run's single-vector calls after the first (a width-``w`` call:
+    that times the steady width-``w`` / width-1 ratio); orthogonalisation = the run's time outside
+    products and probe. The excess is then the probe plus the first products' extra cost.
+    """
+    out = {}
+    for tag, times, st, total, probe in (
+        ("", [s for _, s in calls], steady, wall, rec.probe_s),
+        ("_cpu", calls_cpu, steady_cpu, cpu, rec.probe_cpu_s),
+    ):
+        singles = [t for (w, _), t in zip(calls[1:], times[1:]) if w == 1]
+        if not singles:
+            continue
+        one = float(np.median(singles))
+        typical = sum(one * st[w] / st[1] for w, _ in calls) if 1 in st else math.nan
+        outside = total - sum(times) - probe
+        out[f"ratio_same_load{tag}"] = total / (typical + outside)
+        out[f"excess_same_load{tag}_s"] = total - typical - outside
+    return out
+
+
 def ours(model, loss_fn, batches, reps: int) -> dict:
     load0 = loadavg()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -138,7 +162,7 @@ def ours(model, loss_fn, batches, reps: int) -> dict:
     for w in widths:
         X = torch.randn(D, w, generator=g, dtype=torch.float64).to(H.dtype)
         H @ X  # warm-up
-        steady[w], steady_cpu[w] = median_time(lambda X=X: H @ X, reps if w == 1 else max(3, reps // 2))
+        steady[w], steady_cpu[w] = median_time(lambda X=X: H @ X, reps if w == 1 else max(2, reps // 2))
     products = sum(steady[w] for w, _ in calls)
     products_cpu = sum(steady_cpu[w] for w, _ in calls)
     # orthogonalisation by replay
@@ -178,6 +202,7 @@ def ours(model, loss_fn, batches, reps: int) -> dict:
         "ortho_replay_cpu_s": ortho_cpu,
         "ratio_cpu": cpu / (products_cpu + ortho_cpu),
         "ratio_in_run_ortho": wall / (products + max(wall - in_products - rec.probe_s, 0.0)),
+        **same_load(calls, calls_cpu, steady, steady_cpu, wall, cpu, rec),
         "strategies": H.strategy_record,
         "loadavg": (load0, loadavg()),
     }

@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, loadavg, peer_versions, table, write_json
+from common import RESULTS, environment, loadavg, peer_versions, table, write_json
 from curvscope import Hessian, eigsh, spectral_density
+from curvscope.io import read_json
 
 F64 = torch.float64
 FOLDER = "."
@@ -172,15 +173,19 @@ def main():
     ap.add_argument("--probes", type=int, default=5)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--fresh", action="store_true", help="drop the other workloads' results from the JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     env = {**environment(), **peer_versions(), "loadavg_start": loadavg()}
-    rows, results = [], {}
+    path = RESULTS / FOLDER / f"{NAME}.json"
+    saved = read_json(path) if path.exists() and not args.fresh else {}
+    results, rows = saved.get("workloads", {}), saved.get("rows", [])  # other workloads' earlier runs are kept
     for name in args.workloads:
+        rows = [r for r in rows if r["workload"] != name]
         results[name] = run_workload(name, args.k, args.probes, args.steps, rows)
-        payload = {"environment": env, "k": args.k, "probes": args.probes, "steps": args.steps}
-        write_json(FOLDER, NAME, {**payload, "workloads": results, "rows": rows, "loadavg_end": loadavg()})
+        results[name].update(k=args.k, probes=args.probes, steps=args.steps, environment=env, loadavg_end=loadavg())
+        write_json(FOLDER, NAME, {"workloads": results, "rows": rows})
     print("\n" + table(rows, COLUMNS))
     print(f"\nJSON in {Path(__file__).resolve().parent / 'results' / (NAME + '.json')}")
 

@@ -7,7 +7,8 @@
    epoch: ``curvscope analyze --top-k 10 --density --trace`` with its defaults certifies all 10
    pairs, its eigenvalues agree with a float64 evaluation of the same weights within the
    reported tolerance, and the negative mass it reports (outside the resolution band) agrees with
-   the float64 value to 0.02. Slow (~1700 products: SLQ 10 x 80 in float32 and again in float64).
+   the float64 value to 0.02. Slow (~1800 products per state: analyze's SLQ 10 x 80 in float32 and
+   the same in float64). The last part fails today (analyze reports the mass below 0): xfail, strict.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ CE = nn.CrossEntropyLoss()
 WARNING = "run in float32 on upcast copies"
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """One intra-op thread: on a loaded 2-core machine a second thread only spins (10x slower here)."""
     old = torch.get_num_threads()
@@ -128,9 +129,9 @@ def fashion(tmp_path_factory):
     return data, folder
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("state", ["init", "epoch1"])
-def test_fashion_cnn_analyze_defaults_certify_and_match_float64(fashion, state, tmp_path):
+@pytest.fixture(scope="module", params=["init", "epoch1"])
+def fashion_run(request, fashion, tmp_path_factory):
+    """``curvscope analyze --top-k 10 --density --trace`` (defaults, float32) and the float64 evaluation."""
     from curvscope.cli.main import main
     from curvscope.data import batches
     from curvscope.experiments.checkpoint import build_model
@@ -138,36 +139,44 @@ def test_fashion_cnn_analyze_defaults_certify_and_match_float64(fashion, state, 
     from curvscope.linalg import spectral_density
 
     data, folder = fashion
-    ckpt, out = folder / f"{state}.safetensors", tmp_path / "run"
+    ckpt, out = folder / f"{request.param}.safetensors", tmp_path_factory.mktemp(request.param) / "run"
     argv = ["analyze", "--model", f"{__name__}:fashion_cnn", "--checkpoint", str(ckpt), "--data", str(FASHION)]
     argv += ["--num-samples", str(NUM_SAMPLES), "--top-k", "10", "--density", "--trace", "--quiet", "--out", str(out)]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    top, dens = results["steps"]["top"]["values"], results["steps"]["density_H"]["values"]
     arrays = load_tensors(out / "arrays" / "top.safetensors")[0]
-    lam32, conv = arrays["eigenvalues"], arrays["converged"].bool()
-
-    # the same weights and samples, in float64
+    # the same weights and samples, in float64; SLQ with analyze's defaults and seed (the same probes)
     model64 = build_model(f"{__name__}:fashion_cnn", str(ckpt)).to(F64)
     H64 = Hessian(model64, CE, batches(data.to(dtype=F64), BATCH))
-    ref = eigsh(H64, k=10, which="LA", seed=0)
-    d64 = spectral_density(H64, "slq", 10, 80, seed=0, progress=False)  # analyze's defaults, same probes
-    neg64 = d64.negative_mass()
-    bound = top["tol"] * top["anorm"]
-    failures = []
-    if top["status"] != "converged" or not bool(conv.all()):
-        failures.append(f"status {top['status']}, {int(conv.sum())}/10 certified")
-    if str(ref.status) != "converged":
-        failures.append(f"float64 reference not certified: {ref.message}")
-    err = (lam32 - ref.eigenvalues.double()).abs().max().item()
-    if err > bound:
-        failures.append(f"|λ32 − λ64| = {err:.3g} > reported tol·‖H‖ = {bound:.3g}")
-    reported = dens.get("negative_mass_outside_band", dens.get("negative_mass"))
-    if "resolution" not in dens and "negative_mass_outside_band" not in dens:
-        failures.append(
-            f"analyze reports negative_mass = {dens.get('negative_mass')} without a resolution band "
-            f"(float64: {neg64.value:.4f} outside the band {neg64.band:.3g}, {neg64.raw:.4f} below 0)"
-        )
-    if reported is None or abs(reported - neg64.value) > 0.02:
-        failures.append(f"negative mass {reported} vs float64 {neg64.value:.4f} (outside the band)")
-    assert not failures, failures
+    return {
+        "top": results["steps"]["top"]["values"],
+        "density": results["steps"]["density_H"]["values"],
+        "eigenvalues": arrays["eigenvalues"],
+        "converged": arrays["converged"].bool(),
+        "ref": eigsh(H64, k=10, which="LA", seed=0),
+        "density64": spectral_density(H64, "slq", 10, 80, seed=0, progress=False),
+    }
+
+
+@pytest.mark.slow
+def test_fashion_cnn_analyze_defaults_certify_and_match_float64(fashion_run):
+    top, ref, d64 = fashion_run["top"], fashion_run["ref"], fashion_run["density64"]
+    assert top["status"] == "converged" and bool(fashion_run["converged"].all()), top
+    assert str(ref.status) == "converged", ref.message
+    err = (fashion_run["eigenvalues"] - ref.eigenvalues.double()).abs().max().item()
+    assert err <= top["tol"] * top["anorm"], (err, top["tol"] * top["anorm"])
+    # what float32 changes in the density (same probes): the mass below 0 agrees with float64
+    assert abs(fashion_run["density"]["negative_mass"] - d64.mass_below(0.0)) <= 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="analyze reports Density.mass_below(0) as negative_mass (experiments/instruments.py:density), "
+    "which counts the near-zero bulk whose Ritz nodes fall just below 0 (0.97 at init, 0.79 after one epoch "
+    "here, against 0.014 / 0.005 outside the resolution band in float64); it records no resolution band",
+)
+def test_fashion_cnn_analyze_reports_negative_mass_outside_the_resolution_band(fashion_run):
+    dens, neg64 = fashion_run["density"], fashion_run["density64"].negative_mass()
+    assert "resolution" in dens or "negative_mass_band" in dens, sorted(dens)  # the band it used is recorded
+    assert abs(dens["negative_mass"] - neg64.value) <= 0.02, (dens["negative_mass"], neg64.value, neg64.band)
