@@ -30,6 +30,7 @@ from curvscope.data.formats import (
     write_cifar10_batch,
     write_idx,
 )
+from curvscope.data.probe import probe_batches
 from curvscope.data.registry import list_datasets, load_dataset, register_dataset
 from curvscope.data.synthetic import gaussian_mixture, load_digits
 
@@ -52,6 +53,7 @@ __all__ = [
     "load_idx",
     "make_generator",
     "make_loader",
+    "probe_batches",
     "read_cifar10_batch",
     "read_idx",
     "register_dataset",

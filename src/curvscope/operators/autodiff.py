@@ -35,13 +35,40 @@ def gradient_graph(fn: Callable[[TangentDict], Tensor], values: TangentDict):
     """``(leaves, grads, keys)``: ``∇fn`` at ``values`` with its graph kept (``create_graph=True``).
 
     ``grads`` holds only the gradients that depend on the parameters; ``keys`` names them.
+
+    Raises:
+        RuntimeError: the gradient's graph contains a node that cannot be differentiated (a custom
+            ``autograd.Function`` marked ``once_differentiable``, a fused kernel): a double backward
+            through it would silently drop second-order terms, so this strategy must not be used.
     """
     with torch.enable_grad():
         leaves = {k: t.detach().requires_grad_(True) for k, t in values.items()}
         names = list(leaves)
         grads = torch.autograd.grad(fn(leaves), [leaves[k] for k in names], create_graph=True, allow_unused=True)
     pairs = [(g, k) for g, k in zip(grads, names) if g is not None and g.requires_grad]
+    blocked = _undifferentiable_nodes([g for g, _ in pairs])
+    if blocked:
+        raise RuntimeError(
+            f"double backward is not supported by this model: its gradient passes through {sorted(blocked)} "
+            f"(an operation without a second derivative, e.g. a custom autograd.Function marked "
+            f"once_differentiable or a fused kernel)"
+        )
     return leaves, [g for g, _ in pairs], [k for _, k in pairs]
+
+
+def _undifferentiable_nodes(outs: list[Tensor]) -> set[str]:
+    """Names of autograd nodes in the graphs of ``outs`` that raise when differentiated."""
+    seen, stack, found = set(), [t.grad_fn for t in outs], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        name = type(node).__name__
+        if name in ("Error", "DelayedError", "NotImplemented"):
+            found.add(name)
+        stack.extend(n for n, _ in node.next_functions)
+    return found
 
 
 def graph_vjp(leaves: TangentDict, outs: list[Tensor], keys: list[str], V: TangentDict, batched: bool, retain: bool):

@@ -17,6 +17,7 @@ backward) and ``_gradient_graph`` (a retained graph). The data path of one produ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ from curvscope.operators.base import LinearOperator
 from curvscope.operators.graphs import ACTIVATION_COPIES, GraphCache
 from curvscope.operators.probe import NondeterministicProductError, ProbeReport, run_probe
 from curvscope.operators.problem import Batch, LossProblem, _tensor_leaves
-from curvscope.operators.strategies import CACHED, STRATEGIES, StrategyChooser
+from curvscope.operators.strategies import CACHED, STRATEGIES, ProductError, StrategyChooser
 
 __all__ = [
     "CACHED",
@@ -51,6 +52,8 @@ __all__ = [
     "reverse_over_reverse",
 ]
 
+#: Product methods: exact strategies with finite differences as a last resort, exact only, or finite differences.
+METHODS = ("auto", "exact", "fd", "fd_richardson")
 #: Share of the available memory a block product may use for activations.
 MEMORY_FRACTION = 0.9
 
@@ -92,6 +95,11 @@ class CurvatureOperator(LinearOperator):
             one process). Bad input on any rank is raised on every rank before work starts.
         allow_tf32: let CUDA matmuls/convolutions use TF32 inside products (default off: TF32
             keeps 10 mantissa bits, too coarse for eigenvalue certificates). Flags are restored.
+        method: ``"auto"`` (default: exact products; only if every exact strategy fails for a
+            benign reason — a fused kernel or custom function without double backward — a
+            finite-difference product, with a warning), ``"exact"`` (never finite differences),
+            ``"fd"`` or ``"fd_richardson"`` (Hessian only; see
+            :mod:`curvscope.operators.finite_difference`). The estimated error is :attr:`fd_error`.
         **problem_kwargs: forwarded to :class:`LossProblem` (``loss_reduction``,
             ``move_batches``, ``input_keys``, ``check_data``).
     """
@@ -113,8 +121,14 @@ class CurvatureOperator(LinearOperator):
         allow_tf32: bool = False,
         problem: LossProblem | None = None,
         cache_graphs: bool | None = None,
+        method: str = "auto",
         **problem_kwargs: Any,
     ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method.startswith("fd") and type(self)._fd_block is CurvatureOperator._fd_block:
+            raise ValueError(f"{type(self).__name__} has no finite-difference product: method='fd' is for the Hessian")
+        self.method = method
         self.distributed = is_distributed() if distributed is None else bool(distributed)
         if problem is None:
             build = lambda: LossProblem(  # noqa: E731
@@ -131,7 +145,10 @@ class CurvatureOperator(LinearOperator):
         if self.cache_graphs and not self._has_graph():
             raise ValueError(f"{type(self).__name__} has no gradient graph to cache; pass cache_graphs=False")
         self._graphs = GraphCache(self._gradient_graph, problem.values.values()) if self.cache_graphs else None
-        self._chooser = StrategyChooser(self._strategies(), strategy, type(self).__name__)
+        self._chooser = StrategyChooser(
+            self._strategies(), "fd" if method.startswith("fd") else strategy, type(self).__name__
+        )
+        self._fd_errors: dict[int, float] = {}
         self._convolutional = is_convolutional(problem.model)
         self._check_determinism = bool(probe)
         self._probe: ProbeReport | None = None
@@ -158,6 +175,10 @@ class CurvatureOperator(LinearOperator):
         """Optional block product with plain autograd (reverse-over-reverse)."""
         raise NotImplementedError
 
+    def _fd_block(self, index: int, inputs: Any, targets: Any, n: int, V: TangentDict, richardson: bool):
+        """Optional finite-difference block product (records its error estimate per batch index)."""
+        raise NotImplementedError
+
     def _gradient_graph(self, inputs: Any, targets: Any, n: int) -> tuple[dict[str, Tensor], list[Tensor], list[str]]:
         """Optional: ``(leaves, outs, keys)`` with ``product · v = VJP of outs with v[keys]`` w.r.t. leaves."""
         raise NotImplementedError
@@ -169,10 +190,23 @@ class CurvatureOperator(LinearOperator):
 
     @property
     def noise_floor(self) -> float:
-        """Relative rounding noise of a product, ``≥ eps`` of the dtype (measured once; see :mod:`.probe`)."""
+        """Relative error of a product, ``≥ eps`` of the dtype (measured once; see :mod:`.probe`).
+
+        Includes the estimated error of finite-difference products when they are in use.
+        """
         if self._probe is None:
             self._run_probe()
-        return self._probe.noise_floor
+        return max(self._probe.noise_floor, self.fd_error or 0.0)
+
+    @property
+    def fd_error(self) -> float | None:
+        """Estimated relative error of the finite-difference products (``None`` when all are exact)."""
+        return max(self._fd_errors.values()) if self._fd_errors else None
+
+    @property
+    def product_method(self) -> str:
+        """``"exact"``, or ``"fd"`` when some products were finite differences."""
+        return "fd" if "fd" in self._chooser.record.values() else "exact"
 
     @property
     def probe_report(self) -> ProbeReport | None:
@@ -203,17 +237,24 @@ class CurvatureOperator(LinearOperator):
             return self._pass(X)
 
     def _run_probe(self) -> None:
-        """Determinism check and noise floor, before the first product (cached graphs not yet kept)."""
+        """Determinism, noise floor and symmetry, before the first product (no graph kept yet)."""
         reference = None
         if self.dtype != torch.float64:
             twin = type(self).from_problem(
-                self.problem.astype(torch.float64), probe=False, cache_graphs=False, distributed=self.distributed
+                self.problem.astype(torch.float64),
+                probe=False,
+                cache_graphs=False,
+                distributed=self.distributed,
+                method=self.method,
             )
-            reference = twin._pass
+
+            def reference(X: Tensor) -> Tensor | None:  # finite differences: compare a repeat instead
+                return None if self.product_method == "fd" else twin._pass(X)
+
         self._probing = True
         try:
             with tf32_disabled(self.device, self.allow_tf32):
-                self._probe = run_probe(
+                report = run_probe(
                     self._pass,
                     self.shape[0],
                     self.dtype,
@@ -224,6 +265,19 @@ class CurvatureOperator(LinearOperator):
                 )
         finally:
             self._probing = False
+        self._check_symmetry(report)
+        self._probe = report
+
+    def _check_symmetry(self, report: ProbeReport) -> None:
+        """A curvature matrix is symmetric: a large defect means a wrong derivative, never noise."""
+        limit = max(math.sqrt(torch.finfo(self.dtype).eps), 10 * (self.fd_error or 0.0))
+        if report.symmetry_defect > limit:
+            raise ProductError(
+                f"{type(self).__name__}: products are not symmetric (|u₀ᵀAu₁ − u₁ᵀAu₀| = "
+                f"{report.symmetry_defect:.1e}·‖A‖ > {limit:.1e}) with the {self.strategy_record} strategies: "
+                f"some derivative of the model is wrong or missing (an operation without a correct second "
+                f"derivative). Try method='fd' (finite differences of gradients), or report the model."
+            )
 
     def _pass(self, X: Tensor) -> Tensor:
         """``A @ X``: one pass over the data (all ranks' shards), accumulated in float64 below float64."""
@@ -263,6 +317,8 @@ class CurvatureOperator(LinearOperator):
             return graph_vjp(leaves, outs, keys, V, batched=strategy == "cached_batched", retain=True)
         if strategy == "autograd":
             return self._autograd_block(inputs, targets, n, V)
+        if strategy == "fd":
+            return self._fd_block(index, inputs, targets, n, V, richardson=self.method == "fd_richardson")
         state = self._batch_setup(inputs, targets, n)
         if strategy == "vmap":
             return vmap(lambda v: self._single_product(state, inputs, targets, n, v))(V)
@@ -286,9 +342,9 @@ class CurvatureOperator(LinearOperator):
 
     def _strategies(self) -> list[str]:
         has_autograd = type(self)._autograd_block is not CurvatureOperator._autograd_block
-        available = (
-            ["vmap", "loop"] + (["autograd"] if has_autograd else []) + (list(CACHED) if self.cache_graphs else [])
-        )
+        has_fd = type(self)._fd_block is not CurvatureOperator._fd_block and self.method != "exact"
+        cached = list(CACHED) if self.cache_graphs else []
+        available = ["vmap", "loop"] + (["autograd"] if has_autograd else []) + cached + (["fd"] if has_fd else [])
         return [s for s in STRATEGIES if s in available]
 
     def _graph_cache_fits(self) -> bool:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch.func import grad, jvp
 
 from curvscope.operators.curvature import CurvatureOperator, TangentDict, gradient_graph, reverse_over_reverse
+from curvscope.operators.finite_difference import fd_error_estimate, fd_product
 
 
 class Hessian(CurvatureOperator):
@@ -44,6 +46,15 @@ class Hessian(CurvatureOperator):
 
     def _autograd_block(self, inputs: Any, targets: Any, n: int, V: TangentDict) -> TangentDict:
         return reverse_over_reverse(self.problem.loss_of_params(inputs, targets, n), self.problem.values, V)
+
+    def _fd_block(self, index: int, inputs: Any, targets: Any, n: int, V: TangentDict, richardson: bool):
+        loss_of, values = self.problem.loss_of_params(inputs, targets, n), self.problem.values
+        K = next(iter(V.values())).shape[0]
+        vectors = [{k: t[i] for k, t in V.items()} for i in range(K)]
+        if index not in self._fd_errors:  # first pass over this batch: estimate the products' error
+            self._fd_errors[index] = fd_error_estimate(loss_of, values, vectors[0], self.dtype)
+        outs = [fd_product(loss_of, values, v, self.dtype, richardson) for v in vectors]
+        return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
 
     def _gradient_graph(self, inputs: Any, targets: Any, n: int):
         return gradient_graph(self.problem.loss_of_params(inputs, targets, n), self.problem.values)

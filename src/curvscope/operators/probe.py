@@ -66,7 +66,7 @@ def run_probe(
     dtype: torch.dtype,
     device: torch.device,
     *,
-    reference: Callable[[Tensor], Tensor] | None,
+    reference: Callable[[Tensor], Tensor | None] | None,
     check: bool = True,
     name: str,
 ) -> ProbeReport:
@@ -74,14 +74,17 @@ def run_probe(
 
     Args:
         apply: the operator's product (without the probe) on a ``[D, K]`` block.
-        reference: the same product in float64 (for operators below float64), or ``None``.
+        reference: the same product in float64 (for operators below float64), or ``None``; it may
+            return ``None`` to ask for a repeat instead (finite-difference products, whose own
+            error would be taken for randomness against a float64 product).
         check: raise when the repeated product disagrees (``False``: only measure).
         name: the operator's name, for the error message.
     """
     U = probe_vectors(dim, dtype, device)
     Y = apply(U).to(F64)
-    if reference is not None:
-        again, kind = reference(U[:, :1].to(F64))[:, 0], "float64"
+    ref = None if reference is None else reference(U[:, :1].to(F64))
+    if ref is not None:
+        again, kind = ref[:, 0], "float64"
     else:
         again, kind = apply(U[:, :1]).to(F64)[:, 0], "repeat"
     eps = torch.finfo(dtype).eps

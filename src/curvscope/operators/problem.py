@@ -25,9 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from curvscope.integrations import hf
 from curvscope.operators.fingerprint import Digest, tensors_digest
 from curvscope.operators.graphs import tensor_key
+from curvscope.operators.losses import resolve_loss
 
 logger = logging.getLogger("curvscope")
 
@@ -139,7 +142,9 @@ class LossProblem:
             with ``params`` given as that dict.
         loss_fn: ``loss_fn(outputs, targets) -> scalar``; for dict batches ``targets`` is
             the whole batch (HuggingFace style). Must return the mean over the batch's
-            samples (``loss_reduction="mean"``, the default) or their sum (``"sum"``).
+            loss units (``loss_reduction="mean"``, the default) or their sum (``"sum"``).
+            ``None``: the model computes its own loss from the batch (HuggingFace convention;
+            see :mod:`curvscope.operators.losses`).
         data: a re-iterable of batches (list, DataLoader). A one-shot iterator is refused.
         params: ``None`` (all trainable parameters), a name or glob pattern, a list of
             them (per-layer / per-block curvature), or for a functional model a dict of
@@ -156,14 +161,18 @@ class LossProblem:
             device with an error that says so).
         input_keys: for dict batches, the keys passed to the model (default: every key
             except ``labels``/``label``).
-        check_data: scan the whole dataset once at construction (structure, finite
-            inputs/outputs/loss, sample count); otherwise only the first batch is checked.
+        check_data: run every batch forward once at construction (finite inputs, outputs and
+            loss); otherwise only the first. Every batch is read either way (counts, fingerprint).
+        units: the loss units the mean is over: ``"auto"`` (tokens for HF language-model and
+            token-classification heads, samples otherwise; the choice is logged), ``"samples"``,
+            ``"tokens"`` (labels ``!= -100``) or a callable ``batch -> int``. Each batch is weighted
+            by its number of units and the operator divides by the total.
     """
 
     def __init__(
         self,
         model: nn.Module | Callable,
-        loss_fn: Callable[[Any, Any], Tensor],
+        loss_fn: Callable[[Any, Any], Tensor] | None,
         data: Iterable[Batch],
         params: str | Sequence[str] | Mapping[str, Tensor] | None = None,
         *,
@@ -174,12 +183,13 @@ class LossProblem:
         move_batches: bool = False,
         input_keys: Sequence[str] | None = None,
         check_data: bool = True,
+        units: str | Callable[[Any], int] = "auto",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-        if not callable(loss_fn):
+        if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable (e.g. nn.CrossEntropyLoss()), got {type(loss_fn).__name__}")
         declared = getattr(loss_fn, "reduction", None)
         if declared in ("mean", "sum") and declared != loss_reduction:
@@ -192,7 +202,12 @@ class LossProblem:
                 "data is a one-shot iterator (e.g. a generator): curvature operators pass over the "
                 "data once per product. Pass a list of batches or a DataLoader."
             )
-        self.model, self.loss_fn, self.data = model, loss_fn, data
+        model = hf.unwrap(model)  # torch.compile / DDP / DataParallel: the eager module, unprefixed names
+        if hf.is_hf_model(model):
+            hf.check_gradient_checkpointing(model)
+        self._forward_kwargs = hf.forward_kwargs(model) if hf.is_hf_model(model) else {}
+        self.loss = resolve_loss(model, loss_fn, units)
+        self.model, self.loss_fn, self.data = model, self.loss.loss_fn, data
         self.mode, self.loss_reduction, self.move_batches = mode, loss_reduction, move_batches
         self.input_keys = None if input_keys is None else list(input_keys)
 
@@ -264,7 +279,8 @@ class LossProblem:
     def split(self, batch: Batch) -> tuple[Any, Any]:
         """``(model inputs, loss targets)`` of a batch."""
         if isinstance(batch, Mapping):
-            keys = self.input_keys or [k for k in batch if k not in ("labels", "label")]
+            to_model = self.loss.labels_to_model
+            keys = self.input_keys or [k for k in batch if to_model or k not in ("labels", "label")]
             missing = [k for k in keys if k not in batch]
             if missing:
                 raise KeyError(f"batch has no key(s) {missing}; its keys are {list(batch)}")
@@ -277,7 +293,9 @@ class LossProblem:
         )
 
     def batch_size(self, batch: Batch) -> int:
-        """Number of samples in a batch (leading dimension of its first tensor)."""
+        """Number of loss units in a batch: samples (leading dimension of the inputs), tokens, or custom."""
+        if self.loss.unit_name != "samples":
+            return self.loss.units(batch)
         leaves = _tensor_leaves(self.split(batch)[0])
         if not leaves or leaves[0].ndim == 0:
             raise TypeError("cannot find a batched input tensor in the batch (leading dimension = samples)")
@@ -306,14 +324,17 @@ class LossProblem:
     # ---------------------------------------------------------------- model + loss
     def forward(self, values: Mapping[str, Tensor], inputs: Any) -> Any:
         """Model outputs at parameters ``values`` (a dict over ``self.names``)."""
-        if isinstance(self.model, nn.Module):
-            tensors = {**self.fixed, **values}
-            with module_mode(self.model, self.mode):
-                if isinstance(inputs, Mapping):
-                    return functional_call(self.model, tensors, args=(), kwargs=dict(inputs))
+        if not isinstance(self.model, nn.Module):
+            return self.model(dict(values), inputs)
+        tensors = {**self.fixed, **values}
+        # The math attention kernel: fused SDPA kernels have no double backward / forward-mode AD.
+        with module_mode(self.model, self.mode), sdpa_kernel(SDPBackend.MATH):
+            if isinstance(inputs, Mapping):
+                outputs = functional_call(self.model, tensors, args=(), kwargs={**inputs, **self._forward_kwargs})
+            else:
                 args = inputs if isinstance(inputs, tuple) else (inputs,)
-                return functional_call(self.model, tensors, args)
-        return self.model(dict(values), inputs)
+                outputs = functional_call(self.model, tensors, args, kwargs=self._forward_kwargs or None)
+        return self.loss.output_map(outputs)
 
     def loss_of_params(self, inputs: Any, targets: Any, n: int) -> Callable[[Mapping[str, Tensor]], Tensor]:
         """``p ↦ Σ_{i∈b} ℓ_i(p)`` for one batch (a closure for ``torch.func`` transforms)."""
@@ -461,7 +482,11 @@ class LossProblem:
         loss = self.loss_fn
         return {
             "model": type(self.model).__name__,
-            "loss": {"type": type(loss).__name__, "reduction": getattr(loss, "reduction", self.loss_reduction)},
+            "loss": {
+                "type": self.loss.description,
+                "reduction": getattr(loss, "reduction", self.loss_reduction),
+                "units": self.loss.unit_name,
+            },
             "params": {"count": len(self.names), "numel": self.num_params, "names": tensors_digest_names(self.names)},
             "mode": self.mode,
             "dtype": str(self.dtype),

@@ -6,7 +6,10 @@ A curvature operator can compute a batch's product several ways:
 - ``"loop"``: the same ``torch.func`` product, one vector at a time;
 - ``"autograd"``: plain autograd double backward (reverse-over-reverse), block-batched;
 - ``"cached"`` / ``"cached_batched"``: one backward through the batch's retained gradient graph
-  (:mod:`curvscope.operators.graphs`), per vector or ``is_grads_batched``.
+  (:mod:`curvscope.operators.graphs`), per vector or ``is_grads_batched``;
+- ``"fd"``: a central difference of two gradients (:mod:`curvscope.operators.finite_difference`),
+  the last resort when no exact product can be formed — never chosen silently (a warning says so
+  and the estimated error is recorded on the operator).
 
 The default (``strategy="auto"``) is a **deterministic rule** on the model's structure, the block
 width and the device, so two runs give bitwise-identical products and a first call pays for no
@@ -35,7 +38,7 @@ import torch
 
 logger = logging.getLogger("curvscope")
 
-STRATEGIES = ("vmap", "loop", "autograd", "cached", "cached_batched")
+STRATEGIES = ("vmap", "loop", "autograd", "cached", "cached_batched", "fd")
 #: Strategies that reuse a retained gradient graph (one vector at a time, or batched).
 CACHED = ("cached", "cached_batched")
 SELECTIONS = ("auto", "tune", *STRATEGIES)
@@ -60,6 +63,7 @@ BENIGN_PATTERNS = (
     "cannot access data pointer",
     "inplace operation",
     "in-place operation",
+    "once_differentiable",
 )
 
 
@@ -118,6 +122,7 @@ def rule_order(
         order += ["vmap", "autograd", "loop"]
     if width == 1 and "cached_batched" in order:
         order.remove("cached_batched")
+    order.append("fd")  # only when every exact strategy failed for a benign reason
     return [s for s in order if s in available]
 
 
@@ -166,6 +171,8 @@ class StrategyChooser:
         tune = self.selection == "tune" and chosen is None and len(candidates) > 1
         result, timings, errors = None, {}, {}
         for strategy in candidates:
+            if strategy == "fd" and timings:
+                break  # finite differences only when no exact strategy works, tuned or not
             t0 = time.perf_counter()
             try:
                 out = apply(strategy)
@@ -188,6 +195,14 @@ class StrategyChooser:
             )
         if kind not in self.record or self.record[kind] not in timings:
             self.record[kind] = min(timings, key=timings.get) if tune else next(iter(timings))
+            if self.record[kind] == "fd" and self.selection != "fd":
+                warnings.warn(
+                    f"{self.name}: no exact product works for this model; using finite-difference products "
+                    f"(central differences of gradients). Their estimated relative error is in .fd_error; "
+                    f"pass method='exact' to refuse them.",
+                    RuntimeWarning,
+                    stacklevel=6,
+                )
             logger.info("%s: %s products by %s (timings %s)", self.name, kind, self.record[kind], timings)
         return result
 

@@ -1,0 +1,1 @@
+"""Framework adapters (HuggingFace, Lightning, …), imported only when used; the core never imports the frameworks."""
