@@ -287,7 +287,7 @@ class _OpaqueNet(nn.Module):
 
 def _no_strategy_works(_tmp: Path) -> Any:
     torch.manual_seed(0)
-    H = Hessian(_OpaqueNet().to(DT), nn.CrossEntropyLoss(), _data())
+    H = Hessian(_OpaqueNet().to(DT), nn.CrossEntropyLoss(), _data(), method="exact")  # auto would fall back to fd
     return _quiet(lambda: H @ torch.ones(H.shape[0], dtype=DT))
 
 
@@ -707,10 +707,7 @@ FAULTS: list[Fault] = [
     Fault("batch_size_mismatch", "construction", "a batch with 4 inputs and 3 targets",
           _batch_size_mismatch, ValueError, "to match target batch_size (3)", "fix the collate function / the dataset"),
     Fault("loss_returns_python_float", "construction", "`loss_fn` returning `loss.item()` (a Python float)",
-          _loss_python_float, TypeError, "expected a scalar tensor", "return the loss tensor, not `.item()`",
-          xfail="LossProblem._check_batch raises ValueError 'the loss returned shape float, expected a scalar: "
-          "pass reduction='mean'': a float is a scalar, and the advice is wrong (the loss must be a tensor "
-          "with a graph)"),
+          _loss_python_float, TypeError, "expected a scalar tensor", "return the loss tensor, not `.item()`"),
     Fault("shuffled_loader", "construction", "a `DataLoader(..., shuffle=True)`",
           _shuffled_loader, UserWarning, "the DataLoader shuffles", "`shuffle=False` for curvature", expect="warns"),
     Fault("batchnorm_train_mode", "construction", "BatchNorm with `mode='train'`",
@@ -728,14 +725,13 @@ FAULTS: list[Fault] = [
     Fault("dropout_train_mode_product", "products", "the first product of an operator with active dropout",
           _dropout_product, NondeterministicProductError, "the same product computed twice differs",
           "`mode='eval'`; `probe=False` only if you accept a random matrix"),
-    Fault("no_strategy_works", "products", "a model with an op without second derivatives (custom `autograd.Function`)",
+    Fault("no_strategy_works", "products",
+          "`method='exact'` on a model with an op without second derivatives (custom `autograd.Function`)",
           _no_strategy_works, ProductError, "every product strategy failed for this model",
-          "replace the op by a twice-differentiable one (or give it `setup_context` and a differentiable backward)"),
+          "`method='auto'` (finite differences, with a warning), or a twice-differentiable op"),
     Fault("loss_detached", "products", "`loss_fn` returning a detached loss (no graph to the parameters)",
           _loss_detached, ValueError, "does not depend on the parameters",
-          "do not detach / `.item()` the loss or compute it under `torch.no_grad()`",
-          xfail="the first product raises torch's RuntimeError 'element 0 of tensors does not require grad and "
-          "does not have a grad_fn' from inside autograd: it does not say that the loss is detached"),
+          "do not detach / `.item()` the loss or compute it under `torch.no_grad()`"),
     Fault("model_edited_after_construction", "stale state", "the model trained further after `H = Hessian(model, …)`",
           _model_edited_after, Exception, "products unchanged (the weights at construction)",
           "build a new operator after changing the weights (operators snapshot them)", expect="returns"),
@@ -770,21 +766,13 @@ FAULTS: list[Fault] = [
           "check the operator (`A.check_symmetric()`); curvature operators are symmetric", expect="returns"),
     Fault("eigsh_nan_products", "linalg", "an operator whose products contain NaN, given to `eigsh`",
           _eigsh_nan_products, ArithmeticError, "NaN",
-          "find where the products overflow (a NaN batch with `check_data=False`, float16)",
-          xfail="eigsh raises torch's _LinAlgError 'linalg.eigh: The algorithm failed to converge because the "
-          "input matrix is ill-conditioned': nothing says the products are not finite"),
+          "find where the products overflow (a NaN batch with `check_data=False`, float16)"),
     Fault("slq_nan_products", "linalg", "an operator whose products contain NaN, given to `spectral_density`",
-          _slq_nan_products, ArithmeticError, "NaN", "find where the products overflow",
-          xfail="spectral_density raises torch's _LinAlgError from linalg.eigh of the tridiagonal: nothing "
-          "says the products are not finite"),
+          _slq_nan_products, ArithmeticError, "NaN", "find where the products overflow"),
     Fault("trace_nan_products", "linalg", "an operator whose products contain NaN, given to `trace`",
-          _trace_nan_products, ArithmeticError, "NaN", "find where the products overflow",
-          xfail="swallowed: trace returns estimate=nan with status 'completed' (a trusted status)"),
+          _trace_nan_products, ArithmeticError, "NaN", "find where the products overflow"),
     Fault("external_operator_wrong_shape", "operator input", "an outside operator whose `@` returns `[D-1, K]`",
-          _external_wrong_shape, ValueError, "returned shape", "fix the operator's `__matmul__`",
-          xfail="eigsh fails deep inside with torch's RuntimeError 'mat1 and mat2 shapes cannot be multiplied "
-          "(1x20 and 19x1)': the product's shape is never checked (same for spectral_density and trace, and "
-          "for a product returned as NumPy or in another dtype)"),
+          _external_wrong_shape, ValueError, "returned shape", "fix the operator's `__matmul__`"),
     Fault("eigsh_interrupted", "interrupted run", "Ctrl-C (`KeyboardInterrupt`) from the operator during `eigsh`",
           _interrupted_eigsh, Exception, "status interrupted: interrupted after 10 products",
           "read the partial result, or call again with `v0=result.eigenvectors[:, 0]` (or use `checkpoint=`)",
@@ -811,9 +799,7 @@ FAULTS: list[Fault] = [
           _run_dir_no_fingerprint, StaleStateError, "carries no fingerprint", "a new `--out`, or delete the old run"),
     # corrupted files
     Fault("eigsh_checkpoint_truncated", "corrupted file", "an `eigsh` checkpoint cut in half",
-          _eigsh_truncated, ValueError, "corrupted", "delete the checkpoint (the run restarts from scratch)",
-          xfail="linalg.checkpoint.load_state lets safetensors' SafetensorError ('Error while deserializing "
-          "header: incomplete metadata') escape: no path, no fix, not a ValueError"),
+          _eigsh_truncated, ValueError, "corrupted", "delete the checkpoint (the run restarts from scratch)"),
     Fault("weights_pickled_model", "corrupted file", "`--checkpoint` holding a pickled `nn.Module` (not a state dict)",
           _weights_pickle, ValueError, "cannot be loaded with weights_only=True",
           "`torch.save(model.state_dict(), f)` or safetensors"),

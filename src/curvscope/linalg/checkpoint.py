@@ -51,12 +51,18 @@ def load_state(
             cannot be hashed) resumes with a warning.
 
     Raises:
-        ValueError: the file belongs to a different computation (its config differs).
+        ValueError: the file belongs to a different computation (its config differs), or is corrupted.
         StaleStateError: the file was made for a different operator, or carries no fingerprint.
     """
     if path is None or not Path(path).exists():
         return None
-    tensors, meta = load_tensors(path)
+    try:
+        tensors, meta = load_tensors(path)
+    except Exception as err:  # safetensors raises its own error type for truncated or foreign files
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is corrupted, e.g. by a crash "
+            f"during a copy (curvscope's own writes are atomic). Delete it: the run then restarts from scratch."
+        ) from err
     if fingerprint is not None:  # first: what the operator measures, named field by field
         check_fingerprint(meta.get("fingerprint"), fingerprint, f"checkpoint {path}")
     if meta.get("config") != config:

@@ -36,6 +36,7 @@ from torch import Tensor
 from curvscope.common import SeedLike, Status, as_status, make_generator, make_progress
 from curvscope.io import load_tensors, save_tensors
 from curvscope.linalg.precision import WorkDtype, promote, resolve_work_dtype
+from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import gaussian
 from curvscope.linalg.storage import BasisStorage, DeviceStorage, StorageFactory, make_storage
 
@@ -251,8 +252,9 @@ def matmul_blocks(A: Any, X: Tensor, block_size: int | None) -> Tensor:
         True
     """
     if block_size is None or X.shape[1] <= block_size:
-        return A @ X
-    return torch.cat([A @ X[:, i : i + block_size] for i in range(0, X.shape[1], block_size)], dim=1)
+        return check_product(X, A @ X, type(A).__name__)
+    cols = [X[:, i : i + block_size] for i in range(0, X.shape[1], block_size)]
+    return torch.cat([check_product(C, A @ C, type(A).__name__) for C in cols], dim=1)
 
 
 def no_checkpoint(checkpoint: Any, what: str, instead: str) -> None:

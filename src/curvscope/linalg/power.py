@@ -24,6 +24,7 @@ from curvscope.linalg.checkpoint import jsonable, load_state, save_state
 from curvscope.linalg.eigsh import EigshResult
 from curvscope.linalg.lanczos import check_block_size, check_operator
 from curvscope.linalg.precision import WorkDtype, promote, resolve_tol, resolve_work_dtype
+from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import gaussian
 from curvscope.operators.fingerprint import operator_fingerprint
 
@@ -70,7 +71,7 @@ def _iterate(A: Any, p: _Pairs, tol: float) -> bool:
     """
     found = torch.cat(p.vecs, dim=1) if p.vecs else None
     V = _orthonormal(p.V, found)
-    W = A @ V
+    W = check_product(V, A @ V, "power_iteration")
     p.matvecs += V.shape[1]
     H = V.T @ W
     theta, S = torch.linalg.eigh(0.5 * (H + H.T))

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from curvscope.linalg.checkpoint import jsonable, load_state, save_state
 from curvscope.linalg.lanczos import matmul_blocks, orthogonalize
+from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import gaussian
 from curvscope.linalg.storage import BasisStorage, make_storage
 from curvscope.memory import check_budget, vectors_bytes
@@ -200,7 +201,8 @@ def start(P: Problem, v0: Tensor | None, storage: Any, checkpoint, fingerprint: 
 def lanczos_step(P: Problem, K: Krylov) -> None:
     """One product and full reorthogonalisation; a fresh direction after an invariant subspace."""
     n = K.n
-    w = P.A @ K.store.column(n)
+    x = K.store.column(n)
+    w = check_product(x, P.A @ x, "eigsh")
     K.matvecs += 1
     K.scale = max(K.scale, float(w.norm()))
     h, w, b = orthogonalize(K.store, w, n + 1, P.Qd)

@@ -386,7 +386,9 @@ class LossProblem:
             [m.register_forward_hook(hook) for m in self.model.modules()] if isinstance(self.model, nn.Module) else []
         )
         try:
-            outputs = self.forward(self.values, inputs)
+            # with a graph to leaves, so the loss can be checked to depend on the parameters
+            with torch.enable_grad():
+                outputs = self.forward({k: v.detach().requires_grad_(True) for k, v in self.values.items()}, inputs)
         finally:
             for h in handles:
                 h.remove()
@@ -444,8 +446,14 @@ class LossProblem:
         for t in _tensor_leaves(outputs):
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise ValueError(f"batch {index}: the model outputs contain NaN or Inf")
-        loss = self.loss_fn(outputs, targets)
-        if not isinstance(loss, Tensor) or loss.numel() != 1 or loss.ndim > 1:
+        with torch.enable_grad():
+            loss = self.loss_fn(outputs, targets)
+        if not isinstance(loss, Tensor):
+            raise TypeError(
+                f"the loss returned a {type(loss).__name__}, expected a scalar tensor: return the loss tensor "
+                f"itself (not loss.item() or a number), so that it can be differentiated"
+            )
+        if loss.numel() != 1 or loss.ndim > 1:
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(
                 f"the loss returned shape {shape}, expected a scalar: pass reduction='mean' "
@@ -453,6 +461,12 @@ class LossProblem:
             )
         if not math.isfinite(float(loss)):
             raise ValueError(f"batch {index}: the loss is {float(loss)}")
+        if measure and not loss.requires_grad:
+            raise ValueError(
+                "the loss does not depend on the parameters (it has no graph to them): do not detach it, call "
+                ".item() on it or compute it under torch.no_grad(); and check that params= selects parameters "
+                "the loss uses"
+            )
 
     # ----------------------------------------------------------------- fingerprints
     def data_key(self) -> tuple:
