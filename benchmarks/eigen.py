@@ -287,13 +287,19 @@ def pyhessian_op(model, loss_fn, batch, dtype):
 
 # ------------------------------------------------------------------------------- tasks
 def topk_methods(ours, model, loss_fn, batches, k, dtype):
-    def mine(residuals, work_dtype=None):
+    def mine(residuals, work_dtype="auto"):
         def setup():
             C = ours.counted()
 
             def run():
                 r = eigsh(C, k, "LA", tol=TOL, seed=0, residuals=residuals, progress=False, work_dtype=work_dtype)
-                return {"values": r.eigenvalues, "matvecs": C.count, "status": r.status, "claimed": r.num_converged}
+                # "claimed": pairs that met tol by the kind of residual used (an estimate for residuals="estimated")
+                return {
+                    "values": r.eigenvalues,
+                    "matvecs": C.count,
+                    "status": r.status,
+                    "claimed": int(r.within_tol.sum()),
+                }
 
             return run
 
@@ -341,11 +347,11 @@ def topk_methods(ours, model, loss_fn, batches, k, dtype):
     if dtype != torch.float64:  # ARPACK through SciPy works in float64: compare like with like too
         wide = {
             "curvscope eigsh (certified, f64 Krylov)": mine("true", torch.float64),
-            "curvscope eigsh (verified, f64 Krylov)": mine("verified", torch.float64),
+            "curvscope eigsh (estimated, f64 Krylov)": mine("estimated", torch.float64),
         }
     return {
         "curvscope eigsh (certified)": mine("true"),
-        "curvscope eigsh (verified)": mine("verified"),
+        "curvscope eigsh (estimated)": mine("estimated"),
         **wide,
         "curvlinops + ARPACK": arpack,
         "pyhessian power iter.": pyhessian,
