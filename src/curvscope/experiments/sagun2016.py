@@ -15,29 +15,18 @@ Claims whose thresholds were measured by this project (the shrinking negative pa
 eigenvalues staying within 2× across widths, MSE's gap for ``C ≥ 8``) are kept as
 ``regression`` guards, not as verdicts on the paper.
 
-What is measured (GMM setup: d = 30, class-mean spread s = 0.4 so the classes overlap and
-the loss stays well above 0; MLP 30-w-w-C ReLU; SGD lr 0.05, momentum 0.9, batch 64;
-float64 throughout):
+What is measured (GMM: d = 30, class-mean spread s = 0.4, overlapping classes; MLP 30-w-w-C
+ReLU; SGD lr 0.05, momentum 0.9, batch 64; float64): the exact spectrum (dense ``eigvalsh``) of
+the CE net C = 10, w = 32 (D = 2378) at initialisation and after training, with the gap
+position ``argmax_{k≤30} λ_k/λ_{k+1}`` (:func:`curvscope.metrics.split_spectrum`) and
+``|λ_min|/λ_max``; for each C a fresh net and mixture, the top 31 eigenvalues by certified
+Lanczos (:func:`curvscope.linalg.eigsh`) and the gap position; for MSE, C = 10, w = 16/32/64,
+the bulk fraction (share of ``|λ| < 10⁻³ λ_max``) by SLQ at every width (quadrature weights of
+the Ritz nodes inside the interval; 4 probes × 150 steps were within 0.01 of the exact fraction
+where it was checked), the exact one beside it where ``D ≤ exact_max_dim``, and the top 10 by eigsh.
 
-- *Spectra*: cross-entropy, C = 10, w = 32 (D = 2378): the exact spectrum (dense Hessian,
-  ``eigvalsh``) at initialisation and after training; gap position
-  ``argmax_{k≤30} λ_k/λ_{k+1}`` (:func:`curvscope.metrics.split_spectrum`) and
-  ``|λ_min|/λ_max``.
-- *Class sweep*: for each C (cross-entropy; MSE for C ≥ 8) a fresh net on a fresh mixture;
-  the top 31 eigenvalues by certified Lanczos (:func:`curvscope.linalg.eigsh`), gap position.
-- *Width sweep*: MSE, C = 10, w = 16/32/64 (D = 938/2378/6794). The bulk fraction is the
-  share of eigenvalues with ``|λ| < 10⁻³ λ_max``. The same estimator is used at every
-  width: stochastic Lanczos quadrature (SLQ, full reorthogonalisation), summing the
-  quadrature weights of the Ritz nodes inside ``(−t, t)``, ``t = 10⁻³ λ_max`` with
-  ``λ_max`` from eigsh. Where D is small enough (``Settings.exact_max_dim``) the exact
-  fraction from a dense spectrum is recorded beside it as a check of the SLQ estimate
-  (4 probes × 150 steps were within 0.01 of exact for w = 16/32 on seeds 0–2, and 0.419 vs
-  0.440 for w = 64, seed 0, measured once offline; 60 steps were off by up to 0.04). The
-  top-10 eigenvalues come from eigsh.
-
-Quick scale: N = 500 samples (the exact bulk fractions at N = 500 and 2000 agree to 0.01
-for w = 16/32), 10 epochs; every C of the paper's sweep; exact bulk fraction only for
-w = 16. Full scale: N = 2000, widths up to 128, exact checks up to D = 3000, more SLQ probes.
+Quick: N = 500 (the exact bulk fractions at N = 500 and 2000 agree to 0.01), 10 epochs. Full:
+N = 2000, widths up to 128, exact checks up to D = 3000, more SLQ probes.
 """
 
 from __future__ import annotations
