@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-import curvscope.operators.problem as problem_mod
+import curvscope.operators.batches as problem_mod
 from curvscope import GGN, Hessian
 from curvscope.operators.dense import dense_hessian
 from curvscope.operators.fingerprint import fingerprint_differences

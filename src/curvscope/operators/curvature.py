@@ -37,9 +37,10 @@ from curvscope.operators.autodiff import (
     tf32_disabled,
 )
 from curvscope.operators.base import LinearOperator
+from curvscope.operators.batches import Batch, _tensor_leaves
 from curvscope.operators.graphs import ACTIVATION_COPIES, GraphCache
 from curvscope.operators.probe import NondeterministicProductError, ProbeReport, run_probe
-from curvscope.operators.problem import Batch, LossProblem, _tensor_leaves
+from curvscope.operators.problem import LossProblem
 from curvscope.operators.strategies import CACHED, STRATEGIES, ProductError, StrategyChooser
 
 __all__ = [

@@ -94,7 +94,7 @@ def resolve_loss(model: Any, loss_fn: Callable | None, units: str | Callable[[An
 
 def count_samples(batch: Any) -> int:
     """Samples in a batch: the leading dimension of its first input tensor."""
-    from curvscope.operators.problem import _tensor_leaves
+    from curvscope.operators.batches import _tensor_leaves
 
     leaves = _tensor_leaves(_inputs_of(batch))
     if not leaves or leaves[0].ndim == 0:
