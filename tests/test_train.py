@@ -46,7 +46,7 @@ def _assert_same_params(a: nn.Module, b: nn.Module) -> None:
 
 
 def test_science_gmm_setup_reduces_the_loss():
-    # SCIENCE.md §2 "GMM": C = 10, d = 30, N = 2000, MLP 30-32-32-10, SGD lr 0.05, momentum 0.9,
+    # the small-scale "GMM" setup: C = 10, d = 30, N = 2000, MLP 30-32-32-10, SGD lr 0.05, momentum 0.9,
     # batch 64. Measured after 3 epochs (seeds 0-3): loss 2.30-2.34 -> 0.002-0.03, accuracy >= 0.99.
     data = gaussian_mixture(10, 30, 2000, 1.0, seed=0)
     model = build_model("mlp", in_features=30, widths=(32, 32), num_classes=10, seed=0)

@@ -18,7 +18,7 @@ def gaussian_mixture(
     sample_seed: int | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> TensorData:
-    """A C-class isotropic Gaussian mixture (SCIENCE.md §2, setup "GMM").
+    """A C-class isotropic Gaussian mixture (the "GMM" setup of the small-scale experiments).
 
     ``μ_c ~ N(0, s² I_d)`` for each class ``c``, then ``x = μ_y + N(0, I_d)``. The spread
     ``s`` sets separability: the expected distance between two means is ``s √(2d)``

@@ -123,7 +123,10 @@ def analyze(
         )
         run.figure(ins.sorted_eigenvalues_figure("top_eigenvalues", "top Hessian eigenvalues", {"H": "top"}))
     if density:
-        ins.density(run, "density_H", H, seed=seed, progress=progress)
+        dens = ins.density(run, "density_H", H, seed=seed, progress=progress)
+        # eigenvalues within the density's resolution cannot be told from zero: counted as zero
+        run.metric("negative_mass_H", dens["negative_mass"])
+        run.metric("negative_mass_band_H", dens["negative_mass_band"])
         run.figure(
             ins.density_figure(
                 "density",

@@ -93,6 +93,7 @@ def density(
         pad = 0.05 * (hi - lo)
         grid = torch.linspace(lo - pad, hi + pad, grid_points, dtype=torch.float64)
         top, top_res = dens.top_eigenvalues(1)
+        negative = dens.negative_mass()  # |λ| within the density's resolution counts as zero
         return {
             "grid": grid,
             "pdf": dens.pdf(grid).double(),
@@ -105,7 +106,10 @@ def density(
             "num_matvecs": int(dens.num_matvecs),
             "wall_time": float(dens.wall_time),
             "status": str(dens.status),
-            "negative_mass": float(dens.mass_below(0.0)),
+            "negative_mass": float(negative.value),
+            "negative_mass_band": float(negative.band),
+            "negative_mass_unresolved": float(negative.raw),  # mass below 0, signs inside the band included
+            "resolution": float(dens.resolution),
         }
 
     return run.step(name, compute)

@@ -14,7 +14,7 @@ class MLP(nn.Module):
     """Multi-layer perceptron ``in → widths… → num_classes`` with one activation throughout.
 
     Parameter count with biases: ``Σ_l (n_{l-1} + 1) n_l`` over consecutive sizes
-    ``n_0 = in_features, n_1…, n_L = num_classes``. The SCIENCE.md §2 setups:
+    ``n_0 = in_features, n_1…, n_L = num_classes``. The small-scale setups of docs/science.md:
     30-32-32-10 has D = 2378 (GMM), 64-32-32-10 has D = 3466 (digits), bias-free
     64-16-16-10 has D = 1440 (Goldilocks).
 

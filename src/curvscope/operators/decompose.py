@@ -10,7 +10,7 @@ their true class ``c`` (``n_c`` samples) and by the "hypothetical" class ``c'`` 
 - ``G_within = G − G_class − G_cross = (1/N) Σ_{c, i∈c, c'} (z_{i,c'} − z̄_{c,c'})(…)ᵀ`` — the bulk,
 
 where ``z̄_{c,c'} = (1/n_c) Σ_{i∈c} z_{i,c'}``; for balanced classes the weights reduce to
-SCIENCE.md §1's ``Σ_c z̄_c z̄_cᵀ`` and ``(1/C) Σ_{c,c'}``. Papyan's own (2019) split uses
+docs/science.md's ``Σ_c z̄_c z̄_cᵀ`` and ``(1/C) Σ_{c,c'}``. Papyan's own (2019) split uses
 p-weighted means ``δ̄_{c,c'} = Σ_{i∈c} p_{ic'} δ_{i,c'} / W_{c,c'}``, ``W_{c,c'} = Σ_{i∈c} p_{ic'}``:
 ``G_B = (1/N) Σ_{c,c'} W_{c,c'} δ̄_{c,c'} δ̄_{c,c'}ᵀ`` (rank ≤ C(C−1)) and ``G_W = G − G_B``.
 

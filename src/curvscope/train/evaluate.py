@@ -20,7 +20,7 @@ def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def mse(logits: Tensor, y: Tensor) -> Tensor:
-    """``(1/N) Σ_i ½‖f_i − e_{y_i}‖²`` (one-hot targets; the loss Hessian in f is ``I``, SCIENCE.md §1)."""
+    """``(1/N) Σ_i ½‖f_i − e_{y_i}‖²`` (one-hot targets; the loss Hessian in f is ``I``, docs/science.md)."""
     target = F.one_hot(y, logits.shape[-1]).to(logits.dtype)
     return 0.5 * (logits - target).pow(2).sum(-1).mean()
 
