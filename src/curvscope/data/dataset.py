@@ -16,14 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-SeedLike = int | torch.Generator | None
-
-
-def make_generator(seed: SeedLike = 0) -> torch.Generator:
-    """A CPU ``torch.Generator`` from a seed (``None`` means 0; the global RNG is never used)."""
-    if isinstance(seed, torch.Generator):
-        return seed
-    return torch.Generator(device="cpu").manual_seed(0 if seed is None else int(seed))
+from curvscope.common import SeedLike, make_generator
 
 
 @dataclass(frozen=True, eq=False)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from curvscope.common import make_progress
 from curvscope.io import atomic_write_json, load_tensors, read_json, save_tensors
 from curvscope.train.evaluate import LossFn, evaluate, get_loss
 
@@ -455,9 +456,9 @@ def _seed_step(seed: int, device: torch.device) -> None:
 def _progress(total: int, start: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="train", unit="step")
+    bar = make_progress(total, True, "train", unit="step")
+    bar.update(start)
+    return bar
 
 
 def _history(config, T, spe, batch_loss, lrs, snaps, resumed_from, wall, typed=False):
