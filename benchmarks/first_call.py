@@ -123,23 +123,25 @@ def median_time(fn, repeat: int) -> tuple[float, float]:
     return float(np.median(times)), float(np.median(cpu))
 
 
-def same_load(calls, calls_cpu, steady, steady_cpu, wall, cpu, rec) -> dict:
+def same_load(calls, calls_cpu, steady_cpu, wall, cpu, rec) -> dict:
     """The ratio from the run's own timings only (robust to load drifting between the phases).
 
     Typical product = median of the run's single-vector calls after the first (a width-``w`` call:
-    that times the steady width-``w`` / width-1 ratio); orthogonalisation = the run's time outside
-    products and probe. The excess is then the probe plus the first products' extra cost.
+    that times the steady width-``w`` / width-1 CPU-time ratio, which load does not skew);
+    orthogonalisation = the run's time outside products and probe. The excess is then the probe
+    plus the first products' extra cost. Under a load that drifts within the run (the wall-clock
+    single products then vary several-fold) only the CPU-time variant is meaningful.
     """
     out = {}
-    for tag, times, st, total, probe in (
-        ("", [s for _, s in calls], steady, wall, rec.probe_s),
-        ("_cpu", calls_cpu, steady_cpu, cpu, rec.probe_cpu_s),
+    for tag, times, total, probe in (
+        ("", [s for _, s in calls], wall, rec.probe_s),
+        ("_cpu", calls_cpu, cpu, rec.probe_cpu_s),
     ):
         singles = [t for (w, _), t in zip(calls[1:], times[1:]) if w == 1]
         if not singles:
             continue
         one = float(np.median(singles))
-        typical = sum(one * st[w] / st[1] for w, _ in calls) if 1 in st else math.nan
+        typical = sum(one * steady_cpu[w] / steady_cpu[1] for w, _ in calls) if 1 in steady_cpu else math.nan
         outside = total - sum(times) - probe
         out[f"ratio_same_load{tag}"] = total / (typical + outside)
         out[f"excess_same_load{tag}_s"] = total - typical - outside
@@ -203,7 +205,7 @@ def ours(model, loss_fn, batches, reps: int) -> dict:
         "ortho_replay_cpu_s": ortho_cpu,
         "ratio_cpu": cpu / (products_cpu + ortho_cpu),
         "ratio_in_run_ortho": wall / (products + max(wall - in_products - rec.probe_s, 0.0)),
-        **same_load(calls, calls_cpu, steady, steady_cpu, wall, cpu, rec),
+        **same_load(calls, calls_cpu, steady_cpu, wall, cpu, rec),
         "strategies": H.strategy_record,
         "loadavg": (load0, loadavg()),
     }
