@@ -22,10 +22,21 @@ EPILOG_REPRODUCE = """examples:
 exit status: 1 when a paper claim fails or is inconclusive (an eigensolve, density or sketch it rests on
 did not converge), unless --keep-going; regression guards and sanity checks are reported, not fatal.
 """
-EPILOG_ANALYZE = """example:
+EPILOG_ANALYZE = """examples:
   curvscope analyze --model mypkg.models:make_net --checkpoint net.safetensors \\
       --data digits --loss cross_entropy --top-k 20 --density --trace --decompose --out runs/mynet
-  (torchrun --nproc-per-node=2 -m curvscope analyze ... shards the data over two processes)
+  curvscope analyze --model hf:./my-gpt2 --data corpus.txt --seq-len 128 --batch-size 8 \\
+      --num-samples 64 --top-k 5 --trace --dtype float64 --out runs/gpt2   # local files only
+  curvscope analyze --model hf:./my-gpt2 --data rows.jsonl --text-field body \\
+      --params 'transformer.h.0.*' --units tokens --top-k 5 --out runs/gpt2-block0
+  curvscope analyze --model hf:./my-bert-cls --data mypkg.data:eval_batches --num-batches 4 --top-k 3
+  (torchrun --nproc-per-node=2 -m curvscope analyze ... shards the batches over two processes)
+
+--model hf:PATH loads config.json + safetensors from PATH with local_files_only (never the network;
+needs pip install 'curvscope[hf]') and measures the model's task loss. --data FILE.txt|FILE.jsonl is
+tokenised with PATH's tokenizer when it has one, else read as bytes (vocab_size >= 256 needed);
+--num-samples then counts sequences of --seq-len tokens. --data pkg.module:factory returns a list of
+batches or a loader (read for --num-batches batches).
 """
 
 
@@ -81,12 +92,36 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG_ANALYZE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    a.add_argument("--model", required=True, help="package.module:factory returning an nn.Module")
+    a.add_argument(
+        "--model", required=True, help="package.module:factory returning an nn.Module, or hf:PATH (local HF model dir)"
+    )
     a.add_argument("--checkpoint", help="weights: .safetensors, or a torch file loaded with weights_only=True")
-    a.add_argument("--data", required=True, help="built-in dataset name (digits, fashion-mnist, gmm) or a folder")
-    a.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
-    a.add_argument("--num-samples", type=int, default=None, help="use a class-balanced subset of this size")
-    a.add_argument("--batch-size", type=int, default=256)
+    a.add_argument(
+        "--data",
+        required=True,
+        help="built-in dataset name (digits, fashion-mnist, gmm), a folder, a .txt/.jsonl file, or pkg.module:factory",
+    )
+    a.add_argument(
+        "--loss",
+        default=None,
+        choices=["cross_entropy", "mse", "task"],
+        help="task: the HF model's own task loss (default for hf:PATH; cross_entropy otherwise)",
+    )
+    a.add_argument(
+        "--num-samples", type=int, default=None, help="class-balanced subset of this size; text files: sequences"
+    )
+    a.add_argument("--batch-size", type=int, default=None, help="samples (default 256) or sequences (default 8)")
+    a.add_argument("--seq-len", type=int, default=128, help="tokens per sequence for text/jsonl data (default 128)")
+    a.add_argument("--text-field", default="text", help="the jsonl field holding the text (default: text)")
+    a.add_argument("--num-batches", type=int, default=None, help="batches read from a factory's loader")
+    a.add_argument(
+        "--params",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="curvature over the parameters matching GLOB only (repeatable; default: all trainable)",
+    )
+    a.add_argument("--units", default="auto", choices=["auto", "samples", "tokens"], help="loss units the mean is over")
     a.add_argument("--top-k", type=int, default=10, help="top Hessian eigenpairs (0: skip)")
     a.add_argument("--density", action="store_true", help="SLQ spectral density of H")
     a.add_argument("--trace", action="store_true", help="Hutch++ trace estimate of H")

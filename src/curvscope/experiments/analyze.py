@@ -1,9 +1,13 @@
 """``curvscope analyze``: the library's instruments on the user's own model and data.
 
-The run directory's fingerprint holds the sha256 of the checkpoint file and a hash of the
-dataset's tensors, besides the config: resuming after the weights or the data changed is
-refused with an error naming the change. Without ``--checkpoint`` the model is analysed at
-its initialisation, and the run says so loudly (stderr, the report and ``results.json``).
+The model is a factory (``pkg.module:factory``, weights from ``--checkpoint``) or a local
+HuggingFace model directory (``hf:PATH``, measured on its task loss); the data a built-in dataset,
+a folder, a text/jsonl file or a batch factory (see :mod:`curvscope.experiments.analyze_data`).
+The run directory's fingerprint holds the sha256 of the weights (checkpoint file, or the model
+directory's safetensors) and a hash of the data (dataset tensors, data file, or factory batches),
+besides the config: resuming after the weights or the data changed is refused with an error
+naming the change. Without ``--checkpoint`` a factory model is analysed at its initialisation,
+and the run says so loudly (stderr, the report and ``results.json``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from curvscope.operators import GGN, ClassStructure, Hessian, Residual
 from curvscope.operators.fingerprint import tensors_digest
 
 LOSSES = {"cross_entropy": nn.CrossEntropyLoss, "mse": nn.MSELoss}
+TASK_LOSS = "task"  # the HF model's own task loss (loss_fn=None)
 
 
 def load_data(spec: str, num_samples: int | None, seed: int):
@@ -56,6 +61,29 @@ def mse_targets(loss_name: str, num_classes: int):
     return lambda out, y: mse(out, nn.functional.one_hot(y, num_classes).to(out.dtype))
 
 
+def _to_device(obj: Any, device: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _loss_and_batches(data: Any, loss_name: str, batch_size: int, dtype: torch.dtype, device: str):
+    """The loss (``None``: the model's task loss) and the list of batches of a dataset or of given batches."""
+    from curvscope.data import batches
+
+    if isinstance(data, (list, tuple)):  # batches given as they are (text file, factory)
+        loss_fn = None if loss_name == TASK_LOSS else LOSSES[loss_name]()
+        return loss_fn, [_to_device(b, device) for b in data]
+    if loss_name == TASK_LOSS:
+        raise ValueError("--loss task (the model's own loss) needs batches with labels: --data FILE or pkg.mod:factory")
+    loss_fn = mse_targets(loss_name, data.num_classes)
+    return loss_fn, batches(data.to(dtype=dtype, device=device), batch_size)
+
+
 def analyze(
     model: nn.Module,
     data: Any,
@@ -68,6 +96,8 @@ def analyze(
     decompose: bool = False,
     overlap: bool = False,
     batch_size: int = 256,
+    params: list[str] | None = None,
+    units: str = "auto",
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     seed: int = 0,
@@ -75,72 +105,51 @@ def analyze(
     config: dict | None = None,
     fingerprint: dict | None = None,
     notes: list[str] | None = None,
+    data_name: str | None = None,
 ) -> RunDir:
     """Run the chosen measurements on ``model`` at its current weights; returns the run directory.
 
     Args:
+        data: a dataset (``x``, ``y``, ``num_classes``) batched by ``batch_size``, or a list of batches.
+        loss_name: ``"cross_entropy"``, ``"mse"`` or ``"task"`` (an HF model's task loss, ``loss_fn=None``).
+        params: glob patterns of the parameters the curvature is over (``None``: all trainable).
+        units: the loss units (``"auto"``, ``"samples"``, ``"tokens"``), as the operators take them.
         fingerprint: what is measured (default: the config plus a hash of the data); a run
             directory holding another fingerprint is refused.
         notes: lines shown prominently in the report and stored in ``results.json``
             (e.g. that no checkpoint was given).
     """
-    from curvscope.data import batches
-
-    config = config or {"experiment": "analyze", "seed": seed}
+    config = config or {"experiment": "analyze", "seed": seed, "params": params, "units": units}
     if fingerprint is None:
         fingerprint = default_fingerprint(config, data=data_identity(data))
     run = RunDir(out, config, fingerprint=fingerprint)
-    run.results["title"] = f"curvscope analyze: {type(model).__name__} on {getattr(data, 'name', 'data')}"
+    name = data_name or getattr(data, "name", "data")
+    run.results["title"] = f"curvscope analyze: {type(model).__name__} on {name}"
     run.results["summary"] = "Curvature of the mean training loss at the given weights."
     run.results["notes"] = list(notes or [])
-    for key in ("checkpoint", "checkpoint_sha256", "data"):
+    for key in ("checkpoint", "checkpoint_sha256", "model_weights_sha256", "data"):
         if key in fingerprint:
             run.metric(key, fingerprint[key])
     model = model.to(device=device, dtype=dtype)
-    loss_fn = mse_targets(loss_name, data.num_classes)
-    parts = batches(data.to(dtype=dtype, device=device), batch_size)
+    loss_fn, parts = _loss_and_batches(data, loss_name, batch_size, dtype, device)
     if is_distributed():
         parts = shard_batches(parts)
-    H = Hessian(model, loss_fn, parts)
+    H = Hessian(model, loss_fn, parts, params=params, units=units)
     run.metric("num_parameters", H.shape[0])
     run.metric("num_samples", H.num_samples)
+    run.metric("units", H.problem.loss.unit_name)
+    run.metric("params", list(params) if params else "all trainable")
     t0 = time.perf_counter()
-    top = None
-    if top_k > 0:
-        top = ins.eigenpairs(run, "top", H, top_k, seed=seed, progress=progress)
-        conv = top["converged"].bool()
-        run.claim(
-            Claim(
-                "eigenpairs_certified",
-                f"top-{top_k} Hessian eigenpairs converged",
-                f"{int(conv.sum())}/{top_k}",
-                "residual ≤ tol·‖H‖ (eigsh's dtype-aware default tol)",
-                bool(conv.all()),
-                "curvscope eigsh: residual certificates",
-                kind="sanity",
-                inputs=ins.statuses(eigsh_H=top),
-            )
-        )
-        run.figure(ins.sorted_eigenvalues_figure("top_eigenvalues", "top Hessian eigenvalues", {"H": "top"}))
+    top = _top(run, H, top_k, seed, progress) if top_k > 0 else None
     if density:
-        dens = ins.density(run, "density_H", H, seed=seed, progress=progress)
-        # eigenvalues within the density's resolution cannot be told from zero: counted as zero
-        run.metric("negative_mass_H", dens["negative_mass"])
-        run.metric("negative_mass_band_H", dens["negative_mass_band"])
-        run.figure(
-            ins.density_figure(
-                "density",
-                "Hessian spectral density (SLQ)",
-                {"H": "density_H"},
-                outliers=None if top is None else top["eigenvalues"],
-            )
-        )
+        _density(run, H, top, seed, progress)
     if trace:
         tr = ins.trace_estimate(run, "trace_H", H, seed=seed)
         run.metric("trace_H", tr["estimate"])
         run.metric("trace_H_stderr", tr["stderr"])
     if decompose:
-        _decompose(run, model, loss_fn, parts, loss_name, density, seed, progress)
+        ops = {"params": params, "units": units}
+        _decompose(run, model, loss_fn, parts, loss_name, density, seed, progress, ops)
     if overlap and top is not None:
         _overlap(run, H, top)
     run.metric("seconds", time.perf_counter() - t0)
@@ -148,9 +157,46 @@ def analyze(
     return run
 
 
-def _decompose(run: RunDir, model, loss_fn, parts, loss_name: str, density: bool, seed: int, progress: bool) -> None:
+def _top(run: RunDir, H, top_k: int, seed: int, progress: bool) -> dict:
+    """Top-k eigenpairs with their certificate claim and figure."""
+    top = ins.eigenpairs(run, "top", H, top_k, seed=seed, progress=progress)
+    conv = top["converged"].bool()
+    run.claim(
+        Claim(
+            "eigenpairs_certified",
+            f"top-{top_k} Hessian eigenpairs converged",
+            f"{int(conv.sum())}/{top_k}",
+            "residual ≤ tol·‖H‖ (eigsh's dtype-aware default tol)",
+            bool(conv.all()),
+            "curvscope eigsh: residual certificates",
+            kind="sanity",
+            inputs=ins.statuses(eigsh_H=top),
+        )
+    )
+    run.figure(ins.sorted_eigenvalues_figure("top_eigenvalues", "top Hessian eigenvalues", {"H": "top"}))
+    return top
+
+
+def _density(run: RunDir, H, top: dict | None, seed: int, progress: bool) -> None:
+    dens = ins.density(run, "density_H", H, seed=seed, progress=progress)
+    # eigenvalues within the density's resolution cannot be told from zero: counted as zero
+    run.metric("negative_mass_H", dens["negative_mass"])
+    run.metric("negative_mass_band_H", dens["negative_mass_band"])
+    run.figure(
+        ins.density_figure(
+            "density",
+            "Hessian spectral density (SLQ)",
+            {"H": "density_H"},
+            outliers=None if top is None else top["eigenvalues"],
+        )
+    )
+
+
+def _decompose(
+    run: RunDir, model, loss_fn, parts, loss_name: str, density: bool, seed: int, progress: bool, ops: dict
+) -> None:
     """Densities of G and H_res and, for cross-entropy, of the class-structure terms of G."""
-    G, R = GGN(model, loss_fn, parts), Residual(model, loss_fn, parts)
+    G, R = GGN(model, loss_fn, parts, **ops), Residual(model, loss_fn, parts, **ops)
     ins.density(run, "density_G", G, seed=seed, progress=progress)
     ins.density(run, "density_Hres", R, seed=seed, progress=progress)
     steps = {"H": "density_H"} if density else {}
@@ -160,7 +206,7 @@ def _decompose(run: RunDir, model, loss_fn, parts, loss_name: str, density: bool
         )
     )
     if loss_name == "cross_entropy":
-        cs = ClassStructure(model, loss_fn, parts)
+        cs = ClassStructure(model, loss_fn, parts, **ops)
         for name, op in (("class", cs.class_term), ("cross", cs.cross_term), ("within", cs.within_term)):
             ins.density(run, f"density_G_{name}", op, seed=seed, progress=progress)
         run.figure(
@@ -233,24 +279,62 @@ INIT_WARNING = (
 )
 
 
+def _load_model(args: argparse.Namespace) -> tuple[nn.Module, dict, list[str]]:
+    """The model, its fingerprint entries (weights hash) and the notes for the report."""
+    if args.model.startswith("hf:"):
+        from curvscope.experiments.analyze_data import hf_model_dir, load_hf_model, weights_sha256
+
+        if args.checkpoint:
+            raise ValueError("--checkpoint does not apply to --model hf:PATH (the weights are the directory's)")
+        path = hf_model_dir(args.model)
+        return load_hf_model(args.model), {"model_weights_sha256": weights_sha256(path)}, []
+    model = build_model(args.model, args.checkpoint)
+    if args.checkpoint:
+        return model, {"checkpoint_sha256": file_sha256(args.checkpoint)}, []
+    if get_rank() == 0:
+        print(f"curvscope analyze: warning: {INIT_WARNING}", file=sys.stderr)
+    return model, {"checkpoint": "none: initialisation"}, ["WARNING: " + INIT_WARNING]
+
+
+def _load_inputs(args: argparse.Namespace, model: nn.Module) -> tuple[Any, dict]:
+    """The dataset or the list of batches ``--data`` names, and its identity for the fingerprint."""
+    from curvscope.experiments import analyze_data as ad
+
+    kind = ad.data_kind(args.data)
+    if kind == "dataset":
+        data = load_data(args.data, args.num_samples, args.seed)
+        return data, data_identity(data)
+    if kind == "factory":
+        data = ad.factory_batches(args.data, args.num_batches)
+        return data, {"name": args.data, "num_batches": len(data), "digest": ad.batches_digest(data)}
+    model_dir = Path(args.model[3:]) if args.model.startswith("hf:") else None
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    data, tokenizer = ad.text_file_batches(
+        args.data,
+        model_dir,
+        vocab,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size or 8,
+        num_samples=args.num_samples,
+        text_field=args.text_field,
+    )
+    ident = {"name": Path(args.data).name, "sha256": file_sha256(args.data), "tokenizer": tokenizer,
+             "num_sequences": sum(int(b["input_ids"].shape[0]) for b in data)}  # fmt: skip
+    return data, ident
+
+
 def analyze_from_args(args: argparse.Namespace) -> RunDir:
     """The CLI's ``analyze`` verb."""
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is available")
-    model = build_model(args.model, args.checkpoint)
-    data = load_data(args.data, args.num_samples, args.seed)
+    model, extra, notes = _load_model(args)
+    if args.loss is None:
+        args.loss = TASK_LOSS if args.model.startswith("hf:") else "cross_entropy"
+    data, ident = _load_inputs(args, model)
     config = {k: v for k, v in vars(args).items() if k not in ("verb", "verbose", "quiet")}
     config["experiment"] = "analyze"
-    extra: dict[str, Any] = {"data": data_identity(data), "dtype": args.dtype, "device": args.device}
-    notes = []
-    if args.checkpoint:
-        extra["checkpoint_sha256"] = file_sha256(args.checkpoint)
-    else:
-        extra["checkpoint"] = "none: initialisation"
-        notes.append("WARNING: " + INIT_WARNING)
-        if get_rank() == 0:
-            print(f"curvscope analyze: warning: {INIT_WARNING}", file=sys.stderr)
+    fingerprint = default_fingerprint(config, data=ident, dtype=args.dtype, device=args.device, **extra)
     # Every rank computes the same results; only rank 0 keeps its run directory.
     out = args.out if get_rank() == 0 else tempfile.mkdtemp(prefix=f"curvscope-rank{get_rank()}-")
     return analyze(
@@ -263,12 +347,15 @@ def analyze_from_args(args: argparse.Namespace) -> RunDir:
         trace=args.trace,
         decompose=args.decompose,
         overlap=args.overlap,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or 256,
+        params=args.params,
+        units=args.units,
         dtype=dtype,
         device=args.device,
         seed=args.seed,
         progress=not args.quiet,
         config=config,
-        fingerprint=default_fingerprint(config, **extra),
+        fingerprint=fingerprint,
         notes=notes,
+        data_name=ident["name"],
     )
