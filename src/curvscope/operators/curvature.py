@@ -38,7 +38,7 @@ from curvscope.operators.autodiff import (
 )
 from curvscope.operators.base import LinearOperator
 from curvscope.operators.batches import Batch, _tensor_leaves
-from curvscope.operators.graphs import ACTIVATION_COPIES, GraphCache
+from curvscope.operators.graphs import ACTIVATION_COPIES, GRAPH_CACHE_FRACTION, GraphCache
 from curvscope.operators.probe import NondeterministicProductError, ProbeReport, run_probe
 from curvscope.operators.problem import LossProblem
 from curvscope.operators.strategies import CACHED, STRATEGIES, ProductError, StrategyChooser
@@ -240,7 +240,7 @@ class CurvatureOperator(LinearOperator):
     def _run_probe(self) -> None:
         """Determinism, noise floor and symmetry, before the first product (no graph kept yet)."""
         reference = None
-        if self.dtype != torch.float64:
+        if self.dtype != torch.float64 and self._twin_fits():
             twin = type(self).from_problem(
                 self.problem.astype(torch.float64),
                 probe=False,
@@ -268,6 +268,15 @@ class CurvatureOperator(LinearOperator):
             self._probing = False
         self._check_symmetry(report)
         self._probe = report
+
+    def _twin_fits(self) -> bool:
+        """Whether float64 copies of the parameters and buffers fit in a quarter of the free memory.
+
+        Otherwise (a very large model) the noise floor comes from a repeat and the symmetry defect.
+        """
+        tensors = [*self.problem.values.values(), *self.problem.fixed.values()]
+        need = 8 * sum(t.numel() for t in tensors if t.is_floating_point())
+        return need <= GRAPH_CACHE_FRACTION * available_bytes(self.device)
 
     def _check_symmetry(self, report: ProbeReport) -> None:
         """A curvature matrix is symmetric: a large defect means a wrong derivative, never noise."""
