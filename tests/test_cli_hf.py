@@ -170,3 +170,46 @@ def test_hf_analyze_under_torchrun_equals_one_process(tmp_path, model_dir, text_
     (a, ta), (b, tb) = results_of(one), results_of(two)
     assert a["metrics"]["num_samples"] == b["metrics"]["num_samples"] == len(TEXT) - 13
     torch.testing.assert_close(tb, ta, rtol=1e-9, atol=1e-12)
+
+
+def test_changed_weights_or_text_refuse_to_resume(tmp_path, model_dir, text_file, capsys):
+    """The fingerprint holds the model directory's safetensors hash and the data file's sha256."""
+    mdir, text, out = tmp_path / "model", tmp_path / "corpus.txt", tmp_path / "run"
+    shutil.copytree(model_dir, mdir)
+    text.write_text(TEXT)
+    argv = run_args(mdir, text, out, "--seq-len", str(SEQ), "--top-k", "1")
+    assert main(argv) == 0
+    results, _ = results_of(out)
+    assert results["metrics"]["data"]["sha256"] and results["metrics"]["data"]["tokenizer"] == "bytes"
+    text.write_text(TEXT.upper())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "what changed" in err and "sha256" in err, err
+    text.write_text(TEXT)
+    model = gpt2()
+    with torch.no_grad():
+        model.lm_head.weight.add_(0.01)
+    model.save_pretrained(mdir)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model_weights_sha256" in err, err
+
+
+def test_a_local_tokenizer_is_used_when_the_directory_has_one(tmp_path, model_dir, text_file):
+    """A word-level tokenizer saved next to the model (built here, offline) replaces the bytes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted(set(TEXT.split()))
+    vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    mdir = tmp_path / "with-tokenizer"
+    shutil.copytree(model_dir, mdir)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]")
+    fast.save_pretrained(mdir)
+    out = tmp_path / "run"
+    assert main(run_args(mdir, text_file, out, "--seq-len", "8", "--top-k", "1")) == 0
+    results, _ = results_of(out)
+    ids = fast(TEXT, add_special_tokens=False)["input_ids"]
+    assert results["metrics"]["data"]["tokenizer"].startswith("tokenizer:")
+    assert results["metrics"]["num_samples"] == len(ids) - -(-len(ids) // 8)  # targets: tokens - sequences

@@ -15,6 +15,11 @@ def print_listing() -> None:
     print("datasets (--data NAME):")
     for name, text in list_datasets().items():
         print(f"  {name:18s} {text}")
+    print(f"  {'FILE.txt|.jsonl':18s} a local text or jsonl file (analyze: the model's tokenizer, else bytes)")
+    print(f"  {'pkg.module:factory':18s} a function returning a list of batches or a loader (analyze)")
     print("models (built in):")
     for name, text in list_models().items():
         print(f"  {name:18s} {text}")
+    print("models (analyze --model):")
+    print(f"  {'pkg.module:factory':18s} a function returning an nn.Module (weights: --checkpoint)")
+    print(f"  {'hf:PATH':18s} a local HuggingFace model directory (config.json + safetensors; task loss)")

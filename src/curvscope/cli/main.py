@@ -85,6 +85,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
 
+    _add_analyze(sub)
+
+    rep = sub.add_parser(
+        "report",
+        help="re-render a run directory's figures and report.html (no recomputation)",
+        epilog="example:\n  curvscope report runs/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rep.add_argument("run_dir")
+
+    sub.add_parser(
+        "list",
+        help="experiments, datasets and models",
+        epilog="example:\n  curvscope list",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return p
+
+
+def _add_analyze(sub) -> None:
+    """The ``analyze`` verb's arguments."""
     a = sub.add_parser(
         "analyze",
         help="curvature of your own model",
@@ -132,22 +153,6 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", default="runs/analyze")
     a.add_argument("--quiet", action="store_true")
-
-    rep = sub.add_parser(
-        "report",
-        help="re-render a run directory's figures and report.html (no recomputation)",
-        epilog="example:\n  curvscope report runs/demo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    rep.add_argument("run_dir")
-
-    sub.add_parser(
-        "list",
-        help="experiments, datasets and models",
-        epilog="example:\n  curvscope list",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return p
 
 
 def _print_claims(results: dict) -> None:

@@ -187,6 +187,11 @@ def text_file_batches(
     tokens, tokenizer = _tokenize(read_texts(Path(path), text_field), model_dir, vocab_size)
     if tokens.numel() == 0:
         raise ValueError(f"{path} holds no text")
+    if vocab_size is not None and int(tokens.max()) >= vocab_size:
+        raise ValueError(
+            f"{path}: the {tokenizer} token ids reach {int(tokens.max())}, beyond the model's vocabulary "
+            f"({vocab_size} tokens): the tokenizer does not belong to this model"
+        )
     n_seq = -(-tokens.numel() // seq_len)
     if num_samples is not None:
         n_seq = min(n_seq, num_samples)
