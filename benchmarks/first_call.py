@@ -257,6 +257,26 @@ def curvlinops(model, loss_fn, batches, reps: int) -> dict:
     }
 
 
+def verdict(runs: dict) -> dict:
+    """The first one-shot in the workload's runs (the user's first call) against the target; worst and best beside."""
+    mine, peer = runs["curvscope"], [o for o in runs["curvlinops"] if "wall_s" in o]
+    first = mine[0]
+    out = {"target": 1.15, "runs": len(mine)}
+    for key in ("ratio", "ratio_cpu", "ratio_same_load", "ratio_same_load_cpu"):
+        values = [o.get(key) for o in mine if o.get(key) is not None]
+        out[key], out[key + "_worst"], out[key + "_best"] = (
+            first.get(key),
+            max(values, default=None),
+            min(values, default=None),
+        )
+    out["met"], out["met_cpu"] = first["ratio"] <= 1.15, first["ratio_cpu"] <= 1.15
+    if peer:
+        out["wall_vs_curvlinops"] = first["wall_s"] / peer[0]["wall_s"]
+        out["cpu_vs_curvlinops"] = first["cpu_s"] / peer[0]["cpu_s"]
+        out["curvlinops_ratio"], out["curvlinops_ratio_cpu"] = peer[0]["ratio"], peer[0]["ratio_cpu"]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", nargs="+", default=["cnn-104k", "mlp-300k", "cnn-1m"])
@@ -292,29 +312,17 @@ def main():
             for o in outs:
                 row = {"workload": name, "D": D, "library": lib, **{k: o.get(k) for k in COLUMNS[3:]}}
                 rows.append(row)
-        mine = min(runs["curvscope"], key=lambda o: o["ratio"])
-        peer = [o for o in runs["curvlinops"] if "wall_s" in o]
-        results[name]["verdict"] = {
-            "ratio": mine["ratio"],
-            "ratio_cpu": mine["ratio_cpu"],
-            "ratio_same_load": mine.get("ratio_same_load"),
-            "ratio_same_load_cpu": mine.get("ratio_same_load_cpu"),
-            "target": 1.15,
-            "met": mine["ratio"] <= 1.15,
-            "met_cpu": mine["ratio_cpu"] <= 1.15,
-            "wall_vs_curvlinops": mine["wall_s"] / min(o["wall_s"] for o in peer) if peer else None,
-            "cpu_vs_curvlinops": mine["cpu_s"] / min(o["cpu_s"] for o in peer) if peer else None,
-            "curvlinops_ratio": min(o["ratio"] for o in peer) if peer else None,
-            "curvlinops_ratio_cpu": min(o["ratio_cpu"] for o in peer) if peer else None,
-        }
+        results[name]["verdict"] = verdict(runs)
         write_json(FOLDER, NAME, {"environment": env, "workloads": results, "loadavg_end": loadavg()})
     for name, r in results.items():  # the table shows every workload in the JSON
+        r["verdict"] = verdict(r)
         if name not in args.workloads:
             rows += [
                 {"workload": name, "D": r["D"], "library": lib, **{k: o.get(k) for k in COLUMNS[3:]}}
                 for lib in ("curvscope", "curvlinops")
                 for o in r[lib]
             ]
+    write_json(FOLDER, NAME, {"environment": env, "workloads": results, "loadavg_end": loadavg()})
     print("\n" + table(rows, COLUMNS))
     for name, r in results.items():
         v = r["verdict"]
@@ -322,8 +330,9 @@ def main():
             f"{name}: ratio {v['ratio']:.3f} wall, {v['ratio_cpu']:.3f} CPU (target 1.15: "
             f"{'met' if v['met'] else 'MISSED'} / {'met' if v['met_cpu'] else 'MISSED'}); curvscope / curvlinops: "
             f"wall {v['wall_vs_curvlinops']}, CPU {v['cpu_vs_curvlinops']}; curvlinops' own ratio "
-            f"{v['curvlinops_ratio']} wall, {v['curvlinops_ratio_cpu']} CPU; same-load ratio "
-            f"{v.get('ratio_same_load')} wall, {v.get('ratio_same_load_cpu')} CPU"
+            f"{v.get('curvlinops_ratio')} wall, {v.get('curvlinops_ratio_cpu')} CPU; same-load ratio (CPU) "
+            f"{v.get('ratio_same_load_cpu')}; CPU ratio over {v['runs']} runs "
+            f"{v['ratio_cpu_best']}..{v['ratio_cpu_worst']}"
         )
     print(f"\nJSON in {Path(__file__).resolve().parent / 'results' / (NAME + '.json')}")
 
