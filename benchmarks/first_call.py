@@ -279,7 +279,7 @@ def verdict(runs: dict) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workloads", nargs="+", default=["cnn-104k", "mlp-300k", "cnn-1m"])
+    ap.add_argument("--workloads", nargs="*", default=["cnn-104k", "mlp-300k", "cnn-1m"], help="none: reprint the JSON")
     ap.add_argument("--repeat", type=int, default=1, help="one-shot runs per library (each on a fresh operator)")
     ap.add_argument("--reps", type=int, default=5, help="products timed for the steady per-product median")
     ap.add_argument("--skip-peer", action="store_true")
