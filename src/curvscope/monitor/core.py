@@ -101,6 +101,9 @@ class CurvatureMonitor:
         tol: relative residual ``‖Hv − λv‖/‖H‖`` certifying eigenpairs (default 1e-3; the
             eigenvalue's relative error is at most that, usually about its square over the gap).
         max_matvecs: product budget of each eigensolve.
+        ncv_extra: Lanczos basis size beyond ``k`` (default 10). Small, so convergence is checked
+            after every product (eigsh checks every ``ncv // 10``): a warm start stops as soon as
+            its residual meets ``tol``; a cold start restarts (thickly) more often.
         trace_matvecs: Hutch++ budget of the ``trace`` metric.
         density_every: the ``density`` metric runs when ``step % density_every == 0`` (default
             ``10 * every``); ``density_probes``, ``density_steps``: its SLQ size.
@@ -122,6 +125,7 @@ class CurvatureMonitor:
         seed: int = 0,
         tol: float = 1e-3,
         max_matvecs: int = 300,
+        ncv_extra: int = 10,
         trace_matvecs: int = 30,
         density_every: int | None = None,
         density_probes: int = 4,
@@ -137,7 +141,7 @@ class CurvatureMonitor:
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.main = _is_main()
         self.loggers: list[Logger] = [make_logger(s, self.log_dir) for s in loggers] if self.main else []
-        self.options = {"k": int(k), "tol": float(tol), "max_matvecs": int(max_matvecs),
+        self.options = {"k": int(k), "tol": float(tol), "max_matvecs": int(max_matvecs), "ncv_extra": int(ncv_extra),
                         "trace_matvecs": int(trace_matvecs), "density_probes": int(density_probes),
                         "density_steps": int(density_steps),
                         "density_every": 10 * self.every if density_every is None else int(density_every)}  # fmt: skip

@@ -92,6 +92,7 @@ def warm_eigsh(m: Measurement, key: str, op_name: str, k: int, which: str = "LA"
         seed=m.seed,
         progress=False,
         num_matvecs=m.options["max_matvecs"],
+        ncv=min(A.shape[0], k + m.options["ncv_extra"]),
     )
     m.state[key] = res.eigenvectors.detach().to("cpu", torch.float64).clone()
     return res
