@@ -7,7 +7,7 @@ import importlib
 
 from curvscope.experiments.registry import EXPERIMENTS, register
 
-BUILTIN = ("demo", "sagun2016", "sagun2017", "papyan2019", "fernandez2025", "fortganguli2019", "cohen2021")
+BUILTIN = ("demo", "sagun2016", "sagun2017", "papyan2019", "fernandez2025", "fortganguli2019", "cohen2021", "zhang2024")
 
 for _name in BUILTIN:
     _recipe = importlib.import_module(f"curvscope.experiments.{_name}").RECIPE
