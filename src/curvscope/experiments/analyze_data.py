@@ -94,8 +94,8 @@ def safetensors_files(path: Path) -> list[Path]:
 def load_hf_model(spec: str) -> torch.nn.Module:
     """``hf:PATH`` → the model, from local files only (config, safetensors weights)."""
     path = hf_model_dir(spec)
-    tf = _transformers()
-    with _offline():
+    with _offline():  # before the import too: huggingface_hub reads HF_HUB_OFFLINE when imported
+        tf = _transformers()
         config = tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
         archs = list(getattr(config, "architectures", None) or [])
         auto = next((cls for a in archs for suffix, cls in _AUTO_CLASSES if a.endswith(suffix)), "AutoModelForCausalLM")
@@ -149,8 +149,8 @@ def read_texts(path: Path, text_field: str = "text") -> list[str]:
 def _tokenize(texts: list[str], model_dir: Path | None, vocab_size: int | None) -> tuple[torch.Tensor, str]:
     """One token stream and the tokenizer's name (``"bytes"`` without a tokenizer in ``model_dir``)."""
     if model_dir is not None and any((model_dir / f).is_file() for f in TOKENIZER_FILES):
-        tf = _transformers()
         with _offline():
+            tf = _transformers()
             tok = tf.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         sep = [tok.eos_token_id] if tok.eos_token_id is not None else []
         ids: list[int] = []
