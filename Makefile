@@ -33,7 +33,7 @@ demo: $(STAMP)  ## set up and run the built-in end-to-end analysis
 	$(BIN)/curvscope demo
 
 test: $(STAMP) data  ## set up and run the whole test suite
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 bench: $(STAMP)  ## install the peers and run the side-by-side benchmarks (writes benchmarks/results/)
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev,bench]"

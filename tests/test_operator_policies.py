@@ -131,7 +131,7 @@ def test_default_products_are_bitwise_reproducible_and_recorded():
     for a, b in zip(*results):
         assert torch.equal(a, b)
     assert ops[0].strategy_record == ops[1].strategy_record
-    assert set(ops[0].strategy_record) >= {"single", "block", "block+cached"}
+    assert set(ops[0].strategy_record) >= {"single", "single+cached", "block+cached"}  # probe repeat: fresh
 
 
 def test_tune_is_explicit_and_gives_the_same_products_to_round_off():

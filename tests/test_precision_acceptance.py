@@ -8,7 +8,7 @@
    pairs, its eigenvalues agree with a float64 evaluation of the same weights within the
    reported tolerance, and the negative mass it reports (outside the resolution band) agrees with
    the float64 value to 0.02. Slow (~1800 products per state: analyze's SLQ 10 x 80 in float32 and
-   the same in float64). The last part fails today (analyze reports the mass below 0): xfail, strict.
+   the same in float64).
 """
 
 from __future__ import annotations
@@ -165,17 +165,11 @@ def test_fashion_cnn_analyze_defaults_certify_and_match_float64(fashion_run):
     assert str(ref.status) == "converged", ref.message
     err = (fashion_run["eigenvalues"] - ref.eigenvalues.double()).abs().max().item()
     assert err <= top["tol"] * top["anorm"], (err, top["tol"] * top["anorm"])
-    # what float32 changes in the density (same probes): the mass below 0 agrees with float64
-    assert abs(fashion_run["density"]["negative_mass"] - d64.mass_below(0.0)) <= 0.02
+    # what float32 changes in the density (same probes): even the unresolved mass below 0 agrees with float64
+    assert abs(fashion_run["density"]["negative_mass_unresolved"] - d64.mass_below(0.0)) <= 0.02
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="analyze reports Density.mass_below(0) as negative_mass (experiments/instruments.py:density), "
-    "which counts the near-zero bulk whose Ritz nodes fall just below 0 (0.97 at init, 0.79 after one epoch "
-    "here, against 0.014 / 0.005 outside the resolution band in float64); it records no resolution band",
-)
 def test_fashion_cnn_analyze_reports_negative_mass_outside_the_resolution_band(fashion_run):
     dens, neg64 = fashion_run["density"], fashion_run["density64"].negative_mass()
     assert "resolution" in dens or "negative_mass_band" in dens, sorted(dens)  # the band it used is recorded

@@ -238,7 +238,7 @@ class CurvatureOperator(LinearOperator):
             return self._pass(X)
 
     def _run_probe(self) -> None:
-        """Determinism, noise floor and symmetry, before the first product (no graph kept yet)."""
+        """Determinism, noise floor and symmetry, measured once before the first product."""
         reference = None
         if self.dtype != torch.float64 and self._twin_fits():
             twin = type(self).from_problem(
@@ -252,22 +252,29 @@ class CurvatureOperator(LinearOperator):
             def reference(X: Tensor) -> Tensor | None:  # finite differences: compare a repeat instead
                 return None if self.product_method == "fd" else twin._pass(X)
 
-        self._probing = True
-        try:
-            with tf32_disabled(self.device, self.allow_tf32):
-                report = run_probe(
-                    self._pass,
-                    self.shape[0],
-                    self.dtype,
-                    self.device,
-                    reference=reference,
-                    check=self._check_determinism,
-                    name=type(self).__name__,
-                )
-        finally:
-            self._probing = False
+        # The first probe product may build and keep the gradient graphs the user's products reuse;
+        # the repeat (or the float64 reference) is a fresh forward pass, so randomness still shows.
+        with tf32_disabled(self.device, self.allow_tf32):
+            report = run_probe(
+                self._pass,
+                self.shape[0],
+                self.dtype,
+                self.device,
+                reference=reference,
+                check=self._check_determinism,
+                repeat=self._fresh_pass,
+                name=type(self).__name__,
+            )
         self._check_symmetry(report)
         self._probe = report
+
+    def _fresh_pass(self, X: Tensor) -> Tensor:
+        """``A @ X`` without retained graphs: every batch is run forward again."""
+        self._probing = True
+        try:
+            return self._pass(X)
+        finally:
+            self._probing = False
 
     def _twin_fits(self) -> bool:
         """Whether float64 copies of the parameters and buffers fit in a quarter of the free memory.

@@ -68,6 +68,7 @@ def run_probe(
     *,
     reference: Callable[[Tensor], Tensor | None] | None,
     check: bool = True,
+    repeat: Callable[[Tensor], Tensor] | None = None,
     name: str,
 ) -> ProbeReport:
     """Measure determinism and the noise floor; raise if the operator is not a fixed matrix.
@@ -78,6 +79,8 @@ def run_probe(
             return ``None`` to ask for a repeat instead (finite-difference products, whose own
             error would be taken for randomness against a float64 product).
         check: raise when the repeated product disagrees (``False``: only measure).
+        repeat: the product recomputed from scratch (a fresh forward pass, no retained graph), so
+            that randomness in the model shows; default ``apply``.
         name: the operator's name, for the error message.
     """
     U = probe_vectors(dim, dtype, device)
@@ -86,7 +89,7 @@ def run_probe(
     if ref is not None:
         again, kind = ref[:, 0], "float64"
     else:
-        again, kind = apply(U[:, :1]).to(F64)[:, 0], "repeat"
+        again, kind = (repeat or apply)(U[:, :1]).to(F64)[:, 0], "repeat"
     eps = torch.finfo(dtype).eps
     norm = max(Y.norm(dim=0).max().item(), torch.finfo(F64).tiny)
     repeat = (again - Y[:, 0]).norm().item() / max(Y[:, 0].norm().item(), torch.finfo(F64).tiny)
