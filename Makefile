@@ -37,8 +37,10 @@ test: $(STAMP) data  ## set up and run the whole test suite
 
 bench: $(STAMP)  ## install the peers and run the side-by-side benchmarks (writes benchmarks/results/)
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev,bench]"
+	@# BackPACK pulls PyPI's torchvision, which does not import beside this torch and breaks transformers
+	@$(BIN)/pip uninstall -y -q torchvision 2>/dev/null || true
 	$(BIN)/python benchmarks/matvec.py
-	@for b in eigen sketch; do test ! -f benchmarks/$$b.py || $(BIN)/python benchmarks/$$b.py || exit 1; done
+	@for b in eigen sketch first_call precision transformer monitor; do test ! -f benchmarks/$$b.py || $(BIN)/python benchmarks/$$b.py || exit 1; done
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP)  ## ruff lint and format check
