@@ -69,7 +69,7 @@ def test_miniature_run_has_every_claim_figure_and_is_resumable(tiny_run):
     assert get("cohen2021") is cohen2021.RECIPE
     claims = {c["name"]: c for c in results["claims"]}
     names = {f"{k}_{c}" for k in ("mse_lr0.7", "ce_lr2") for c in ("sharpening", "edge", "loss", "certified")}
-    assert set(claims) == names | {"warm_start_products"}
+    assert set(claims) - {"ce_lr2_late_drop"} == names | {"warm_start_products"}
     assert {c["kind"] for c in claims.values()} == {"paper", "sanity", "regression"}
     assert all("Cohen" in c["source"] or c["kind"] != "paper" for c in claims.values())
     assert claims["mse_lr0.7_certified"]["verdict"] == "pass" and claims["ce_lr2_certified"]["verdict"] == "pass"

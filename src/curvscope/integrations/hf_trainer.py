@@ -49,7 +49,7 @@ class CurvatureCallback(TrainerCallback):
         **monitor_options: any keyword of :class:`~curvscope.monitor.CurvatureMonitor`.
     """
 
-    def __init__(self, probe: Iterable[Any], *, every: int = 100, **monitor_options: Any) -> None:
+    def __init__(self, probe: Iterable[Any], *, every: int = 1000, **monitor_options: Any) -> None:
         self.probe, self.every, self.options = probe, int(every), monitor_options
         self.monitor: CurvatureMonitor | None = None
         self._pending: dict[str, float] | None = None

@@ -52,7 +52,7 @@ class CurvatureCallback(Callback):
             (``metrics``, ``k``, ``log_dir``, ``loggers``, ``seed``, ``tol`` …).
     """
 
-    def __init__(self, loss_fn: Any, probe: Iterable[Any], *, every: int = 100, **monitor_options: Any) -> None:
+    def __init__(self, loss_fn: Any, probe: Iterable[Any], *, every: int = 1000, **monitor_options: Any) -> None:
         super().__init__()
         self.loss_fn, self.probe, self.every, self.options = loss_fn, probe, int(every), monitor_options
         self.monitor: CurvatureMonitor | None = None

@@ -91,7 +91,10 @@ class CurvatureMonitor:
         probe: the batches curvature is measured on, the same at every measurement (a list, or a
             sized loader copied once). Under torchrun each rank passes its own shard; products
             are summed over ranks and only rank 0 writes files and logs.
-        every: measure when ``step % every == 0`` (``step(…, force=True)`` measures anyway).
+        every: measure when ``step % every == 0`` (``step(…, force=True)`` measures anyway). The
+            default 1000 keeps the default metrics within 5% of the training time when the probe
+            is one training batch (a warm λ_max is ~5 products of ~3 training steps each, plus a
+            one-time ~20 products at the first measurement; ``benchmarks/monitor.py``).
         metrics: names from :data:`~curvscope.monitor.metrics.METRICS` (default ``("lambda_max",)``).
         k: eigenpairs of the ``top_k`` metric.
         log_dir: directory for ``history.csv``, ``history.jsonl``, densities and the report.
@@ -117,7 +120,7 @@ class CurvatureMonitor:
         loss_fn: Any,
         probe: Iterable[Any],
         *,
-        every: int = 100,
+        every: int = 1000,
         metrics: Sequence[str] | str = DEFAULT_METRICS,
         k: int = 5,
         log_dir: str | Path | None = None,
