@@ -149,12 +149,12 @@ def _claims(run: RunDir, key: str, lr: float, r: dict) -> None:
 def _figures(run: RunDir, s: Settings) -> None:
     for loss_name, label in (("mse", "MSE"), ("ce", "cross-entropy")):
         lam_series, loss_series, hlines = [], [], []
-        for lr in s.lrs[loss_name]:
+        for i, lr in enumerate(s.lrs[loss_name]):
             step = f"{loss_name}_lr{lr:g}"
             lam_series.append({"label": f"η = {lr:g}", "x": f"arrays/{step}:steps", "y": f"arrays/{step}:lambda_max"})
             n = s.steps[loss_name] + 1
             loss_series.append({"label": f"η = {lr:g}", "x": list(range(n)), "y": f"arrays/{step}:loss"})
-            hlines.append({"y": 2.0 / lr, "label": f"2/η = {2.0 / lr:.3g}"})
+            hlines.append({"y": 2.0 / lr, "label": f"2/η = {2.0 / lr:.3g}", "color": f"C{i}"})
         run.figure(Figure(f"{loss_name}_sharpness", f"{label}: λ_max under full-batch GD", "step", "λ_max",
                           lam_series, hlines=hlines, caption=f"{label}: sharpness against 2/η (dotted) for three "
                           f"step sizes (cf. Cohen et al. 2021, Figure 1)"))  # fmt: skip
