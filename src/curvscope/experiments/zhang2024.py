@@ -22,7 +22,7 @@ What is measured here (float32, CPU):
   scale: Adam (lr 3e-3) for 100 steps of 8 × 64 bytes; the Hessian of 4 × 64 bytes.
 - *CNN*: LeNet (channels 6/16, hidden 120/84; D = 44,426) on Fashion-MNIST at 16×16; blocks: the
   weights of the two convolutions and of the three linear layers. Quick scale: SGD (lr 0.05,
-  momentum 0.9, batch 64) for 2 epochs of 2000 images; the Hessian of 256 images.
+  momentum 0.9, batch 64) for 3 epochs of 4000 images; the Hessian of 256 images.
 - Two phases: at initialisation (the paper's setting) and after training.
 - Every block: SLQ density of the block's Hessian (``params=`` restriction: the exact diagonal
   block ``H[S, S]``). **Normalisation**: each block's Ritz nodes are divided by the block's own
@@ -93,7 +93,7 @@ class Settings:
 # fmt: off
 QUICK = Settings(
     gpt_layers=2, gpt_width=96, gpt_heads=4, seq_len=64, batch_size=8, hessian_batches=1, hessian_rows=4,
-    gpt_steps=100, gpt_lr=3e-3, cnn_train_samples=2000, cnn_hessian_samples=256, cnn_epochs=2, image_size=16,
+    gpt_steps=100, gpt_lr=3e-3, cnn_train_samples=4000, cnn_hessian_samples=256, cnn_epochs=3, image_size=16,
     slq_probes=2, slq_steps=16, grid_points=801,
 )
 FULL = Settings(
