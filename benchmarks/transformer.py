@@ -1,0 +1,286 @@
+"""A GPT-2-shaped transformer on CPU (issue 12 §6): products, top-5 eigenpairs, SLQ; vs hessian-eigenthings.
+
+Model: HF ``GPT2LMHeadModel`` from a config, byte-level vocabulary (256), float32, eval mode; the
+default size is 6 layers × width 384 × 6 heads (10.8M parameters). Data: bytes of the Python
+standard library's sources, 8 sequences × 128 tokens split into two batches of 4 × 128 whose
+token counts differ (the second batch ignores its last 64 positions with label −100), so the
+token-weighted loss (curvscope: mean over all target tokens) and hessian-eigenthings' equal
+weighting of batches (mean of per-batch means) define different Hessians.
+
+Measured, one process, one run (the machine is shared: ratios are quoted from the same run, with
+``os.getloadavg()`` at start and end):
+
+- gradient (plain ``torch.autograd`` over both batches), exact HVP (``Hessian``), FD HVP
+  (``Hessian(method="fd")``) and GGN products: median wall time;
+- curvscope top-5 (``eigsh(k=5, which="LA")``, certified residuals) and SLQ (5 probes × 50 steps);
+- hessian-eigenthings 1.0 (``HessianOperator`` with ``hf_lm_loss()``): matvec time and top-5
+  (``lanczos(k=5, which="LA")`` with ``max_iter`` = ``--he-iters``), its eigenvalues vs curvscope's
+  token-weighted ones and vs curvscope's equal-batch-weight operator (``units=lambda b: 1``), which
+  isolates the weighting from solver error.
+
+Usage::
+
+    .venv/bin/python benchmarks/transformer.py                       # full size (~10M)
+    .venv/bin/python benchmarks/transformer.py --layers 2 --width 256 --skip-slq   # reduced
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, environment, loadavg, peer_versions, table
+from curvscope import GGN, Hessian, eigsh, spectral_density
+from curvscope.data.text import VOCAB_SIZE, stdlib_files, text_batches
+from curvscope.io import atomic_write_json
+
+
+def build(args) -> tuple[torch.nn.Module, list[dict]]:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=VOCAB_SIZE,
+        n_positions=args.seq,
+        n_embd=args.width,
+        n_layer=args.layers,
+        n_head=args.heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).eval()
+    data = text_batches(stdlib_files(), args.seq, args.batch // 2, max_batches=2)
+    data[1]["labels"][:, args.seq // 2 :] = -100  # unequal token counts: token vs batch weighting differ
+    return model, data
+
+
+def timed(fn, repeat: int) -> dict:
+    """Median wall and CPU seconds of ``fn`` over ``repeat`` calls after one warm-up call."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeat):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return {"wall_s": sorted(walls)[repeat // 2], "cpu_s": sorted(cpus)[repeat // 2], "runs": walls}
+
+
+def gradient_fn(model, data):
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run():
+        total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in data)
+        for b in data:
+            n = int((b["labels"][:, 1:] != -100).sum())
+            loss = model(**b, use_cache=False).loss * (n / total)
+            torch.autograd.grad(loss, params)
+
+    return run
+
+
+def products(model, data, repeat: int) -> dict:
+    D = sum(p.numel() for p in model.parameters())
+    v = torch.randn(D, generator=torch.Generator().manual_seed(1))
+    out = {"gradient": timed(gradient_fn(model, data), repeat)}
+    with sdpa_kernel(SDPBackend.MATH):  # the attention kernel curvscope's products use (double backward)
+        out["gradient_math_sdpa"] = timed(gradient_fn(model, data), repeat)
+    for name, op in (
+        ("exact_hvp", Hessian(model, None, data)),
+        ("fd_hvp", Hessian(model, None, data, method="fd")),
+        ("ggn", GGN(model, None, data)),
+    ):
+        out[name] = timed(lambda op=op: op @ v, repeat)
+    return out
+
+
+def ours_top(model, data, k: int, units="auto") -> dict:
+    H = Hessian(model, None, data, units=units)
+    t0 = time.perf_counter()
+    res = eigsh(H, k=k, which="LA", seed=0)
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "eigenvalues": res.eigenvalues.tolist(),
+        "residuals": res.residuals.tolist(),
+        "converged": int(res.converged.sum()),
+        "num_matvecs": int(res.num_matvecs),
+        "status": str(res.status),
+        "tol": float(res.tol),
+    }
+
+
+def ours_slq(model, data, probes: int, steps: int) -> dict:
+    H = Hessian(model, None, data)
+    d = spectral_density(H, num_probes=probes, num_steps=steps, seed=0)
+    return {
+        "wall_s": d.wall_time,
+        "num_matvecs": d.num_matvecs,
+        "range": list(d.spectral_range),
+        "status": str(d.status),
+    }
+
+
+def peer(model, data, k: int, iters: int, repeat: int) -> dict:
+    import hessian_eigenthings as he
+
+    op = he.HessianOperator(model, data, he.hf_lm_loss())
+    v = torch.randn(op.size, generator=torch.Generator().manual_seed(1))
+    # CPU flash attention has no double backward: the peer needs the math kernel (curvscope selects it itself).
+    with sdpa_kernel(SDPBackend.MATH):
+        mv = timed(lambda: op.matvec(v), repeat)
+        t0 = time.perf_counter()
+        res = he.lanczos(op, k=k, which="LA", max_iter=iters, seed=0)
+        wall = time.perf_counter() - t0
+    order = torch.argsort(res.eigenvalues, descending=True)
+    return {
+        "matvec": mv,
+        "wall_s": wall,
+        "max_iter": iters,
+        "eigenvalues": res.eigenvalues[order].tolist(),
+        "residuals": res.residuals[order].tolist(),
+        "converged": int(res.converged.sum()),
+    }
+
+
+def rel_diff(a: list[float], b: list[float]) -> list[float]:
+    return [abs(x - y) / max(abs(x), 1e-30) for x, y in zip(a, b)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--width", type=int, default=384)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--batch", type=int, default=8, help="sequences in all (two batches of half)")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--probes", type=int, default=5)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--he-iters", type=int, default=40, help="hessian-eigenthings Lanczos steps (its default: 2k)")
+    p.add_argument("--skip-slq", action="store_true")
+    p.add_argument("--products-only", action="store_true", help="time the four products and stop")
+    p.add_argument("--skip-peer", action="store_true")
+    p.add_argument("--skip-equal", action="store_true", help="skip curvscope's equal-batch-weight eigsh")
+    p.add_argument("--out", default=str(RESULTS / "transformer.json"))
+    args = p.parse_args()
+    torch.set_flush_denormal(True)
+    model, data = build(args)
+    env = {**environment(), **peer_versions(("hessian-eigenthings", "transformers")), "loadavg_start": loadavg()}
+    size = {
+        "layers": args.layers,
+        "width": args.width,
+        "heads": args.heads,
+        "params": sum(q.numel() for q in model.parameters()),
+        "tokens_per_batch": [int((b["labels"][:, 1:] != -100).sum()) for b in data],
+        "batches": [list(b["input_ids"].shape) for b in data],
+    }
+    print("size:", size, "loadavg:", env["loadavg_start"], flush=True)
+    out: dict = {"environment": env, "size": size, "args": vars(args)}
+    path = Path(args.out)
+
+    def save() -> None:  # after every phase: a killed run keeps what it measured
+        out["loadavg_end"] = loadavg()
+        out["summary"] = summarise(out)
+        atomic_write_json(path, out)
+
+    out["products"] = products(model, data, args.repeat)
+    save()
+    print({k: round(v["wall_s"], 3) for k, v in out["products"].items()}, flush=True)
+    if args.products_only:
+        return
+    out["top"] = ours_top(model, data, args.k)
+    save()
+    print("top:", out["top"]["wall_s"], out["top"]["num_matvecs"], flush=True)
+    if not args.skip_peer:
+        out["peer"] = peer(model, data, args.k, args.he_iters, args.repeat)
+        save()
+        print("peer:", out["peer"]["wall_s"], flush=True)
+        if not args.skip_equal:
+            out["top_equal_weight"] = ours_top(model, data, args.k, units=lambda b: 1)
+            save()
+    if not args.skip_slq:
+        out["slq"] = ours_slq(model, data, args.probes, args.steps)
+        save()
+    print_table(out)
+
+
+def summarise(out: dict) -> dict:
+    pr = out["products"]
+    g = pr["gradient"]["wall_s"]
+    s = {f"{k}_over_gradient": round(v["wall_s"] / g, 3) for k, v in pr.items() if k != "gradient"}
+    if "gradient_math_sdpa" in pr:
+        gm = pr["gradient_math_sdpa"]["cpu_s"]
+        s.update(
+            {
+                f"{k}_over_gradient_math_sdpa_cpu": round(v["cpu_s"] / gm, 3)
+                for k, v in pr.items()
+                if not k.startswith("gradient")
+            }
+        )
+    s.update(
+        {
+            f"{k}_over_gradient_cpu": round(v["cpu_s"] / pr["gradient"]["cpu_s"], 3)
+            for k, v in pr.items()
+            if k != "gradient"
+        }
+    )
+    s["target_exact_hvp_le_2.5x_gradient"] = s["exact_hvp_over_gradient"] <= 2.5
+    if "peer" in out:
+        peer, top = out["peer"], out["top"]
+        s["top5_wall_ratio_ours_over_peer"] = round(top["wall_s"] / peer["wall_s"], 3)
+        s["target_top5_le_0.5x_peer"] = s["top5_wall_ratio_ours_over_peer"] <= 0.5
+        s["matvec_ratio_exact_hvp_over_peer"] = round(pr["exact_hvp"]["wall_s"] / peer["matvec"]["wall_s"], 3)
+        s["eig_rel_diff_peer_vs_token_weighted"] = rel_diff(top["eigenvalues"], peer["eigenvalues"])
+        if "top_equal_weight" in out:
+            eq = out["top_equal_weight"]["eigenvalues"]
+            s["eig_rel_diff_peer_vs_equal_weighted"] = rel_diff(eq, peer["eigenvalues"])
+            s["eig_rel_diff_token_vs_equal_weighted"] = rel_diff(top["eigenvalues"], eq)
+    return s
+
+
+def print_table(out: dict) -> None:
+    rows = [
+        {"what": k, "wall_s": round(v["wall_s"], 3), "cpu_s": round(v["cpu_s"], 3)} for k, v in out["products"].items()
+    ]
+    top = out["top"]
+    rows.append(
+        {
+            "what": f"top-{len(top['eigenvalues'])} eigsh ({top['num_matvecs']} products, {top['status']})",
+            "wall_s": round(top["wall_s"], 2),
+        }
+    )
+    if "slq" in out:
+        rows.append({"what": f"SLQ ({out['slq']['num_matvecs']} products)", "wall_s": round(out["slq"]["wall_s"], 2)})
+    if "peer" in out:
+        pe = out["peer"]
+        rows.append(
+            {
+                "what": "hessian-eigenthings matvec",
+                "wall_s": round(pe["matvec"]["wall_s"], 3),
+                "cpu_s": round(pe["matvec"]["cpu_s"], 3),
+            }
+        )
+        rows.append(
+            {
+                "what": f"hessian-eigenthings lanczos ({pe['max_iter']} steps, {pe['converged']} conv.)",
+                "wall_s": round(pe["wall_s"], 2),
+            }
+        )
+    print(table(rows, ["what", "wall_s", "cpu_s"]))
+    for k, v in out["summary"].items():
+        print(f"{k}: {v}")
+    print("loadavg:", out["environment"]["loadavg_start"], "->", out["loadavg_end"])
+
+
+if __name__ == "__main__":
+    main()
