@@ -176,3 +176,52 @@ def test_refusals():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_data()), batch_size=20)
     assert len(CurvatureMonitor(model, nn.CrossEntropyLoss(), loader).probe) == 3
     assert set(METRICS) >= {"lambda_max", "top_k", "trace", "gradient_confinement", "density", "ggn_lambda_max"}
+
+
+WORKER = r"""
+import sys
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+rank, port, out, tests = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+torch.set_num_threads(1)
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                        timeout=timedelta(seconds=60))
+sys.path.insert(0, tests)
+from test_monitor import _model, _probe, _train
+from curvscope.monitor import CurvatureMonitor
+
+torch.manual_seed(0)
+model = _model()
+monitor = CurvatureMonitor(model, nn.CrossEntropyLoss(), [_probe()[rank]], every=3, tol=1e-10, log_dir=out)
+_train(model, monitor, steps=7)
+dist.destroy_process_group()
+"""
+
+
+def test_data_parallel_probe_shards_equal_one_process(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    tests = str(Path(__file__).resolve().parent)
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(r), port, str(tmp_path), tests],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for r in (0, 1)]  # fmt: skip
+    for p in procs:
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0, out.decode()[-2000:]
+    torch.manual_seed(0)
+    model = _model()
+    single = CurvatureMonitor(model, nn.CrossEntropyLoss(), _probe(), every=3, tol=1e-10)
+    _train(model, single, steps=7)
+    rows = read_history(tmp_path)  # written by rank 0 only
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    for a, b in zip(rows, single.history):
+        assert abs(a["lambda_max"] - b["lambda_max"]) <= 1e-8 * abs(b["lambda_max"])
