@@ -68,6 +68,18 @@ def test_fingerprint_is_stable_and_names_each_change():
     assert "mode" in changed(mode="train")
     assert "dtype" in changed(dtype=torch.float32)
     assert "params" in changed(params=["2.*"])
+    assert "loss.settings" in changed(args={"loss_fn": nn.CrossEntropyLoss(label_smoothing=0.3)})
+    relu = mlp()
+    relu[1] = nn.ReLU()  # same weights, another activation: another Hessian
+    assert "model.structure" in changed(args={"model": relu})
+
+
+def test_fingerprint_of_a_shuffling_loader_is_order_independent():
+    x, y = tensors(12)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)
+    with pytest.warns(UserWarning, match="shuffles"):
+        first = Hessian(mlp(), CE, loader).fingerprint()
+        assert Hessian(mlp(), CE, loader).fingerprint() == first
 
 
 def test_fingerprint_follows_an_edited_batch_list():

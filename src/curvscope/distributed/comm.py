@@ -90,6 +90,32 @@ def agree_on_errors(build: Callable[[], T], distributed: bool, what: str) -> T:
     return result
 
 
+def gather_data_fingerprints(mine: dict) -> dict:
+    """One fingerprint of the data all ranks read together, identical on every rank.
+
+    Sample and batch counts are summed; the contents digests are combined in rank order (a shard
+    is a rank's own; moving a batch to another rank changes what each rank measures).
+    """
+    parts: list[dict | None] = [None] * dist.get_world_size()
+    try:
+        dist.all_gather_object(parts, mine)
+    except Exception as err:
+        raise DistributedError(
+            f"rank {dist.get_rank()}: gathering the data fingerprints failed ({err}). Another rank probably "
+            f"died or timed out; check its log."
+        ) from err
+    import hashlib
+
+    contents = hashlib.sha256("|".join(p["contents"] for p in parts).encode()).hexdigest()[:16]
+    return {
+        "ranks": len(parts),
+        "num_batches": sum(p["num_batches"] for p in parts),
+        "num_samples": sum(p["num_samples"] for p in parts),
+        "shapes": parts[0]["shapes"],
+        "contents": contents,
+    }
+
+
 def shard_batches(batches: Sequence[T], rank: int | None = None, world_size: int | None = None) -> list[T]:
     """Round-robin shard of a list of batches for this rank (batch ``i`` goes to rank ``i % W``)."""
     rank = get_rank() if rank is None else rank

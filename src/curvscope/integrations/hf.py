@@ -155,7 +155,10 @@ def forward_kwargs(model: nn.Module) -> dict[str, Any]:
 def _labels(batch: Mapping) -> Tensor:
     labels = batch.get("labels", batch.get("label")) if isinstance(batch, Mapping) else None
     if not isinstance(labels, Tensor):
-        raise KeyError("the batch has no 'labels' tensor: a task loss needs the targets under 'labels'")
+        raise KeyError(
+            "the batch has no 'labels' tensor: a HuggingFace task loss needs dict batches (or BatchEncoding) "
+            "with the targets under 'labels'"
+        )
     return labels
 
 

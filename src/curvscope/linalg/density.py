@@ -343,7 +343,7 @@ class Density:
             return torch.linspace(lo - pad, hi + pad, num, dtype=F64)
         if scale == "log":
             if hi <= 0:
-                raise ValueError("a log grid needs a positive spectrum; this one ends at {hi:.3g}: use scale='linear'")
+                raise ValueError(f"a log grid needs a positive spectrum; this one ends at {hi:.3g}: use scale='linear'")
             f = 1e-6 * hi if floor is None else float(floor)
             return torch.logspace(math.log10(f), math.log10(hi + pad), num, dtype=F64)
         raise ValueError(f"scale must be 'linear' or 'log', got {scale!r}")

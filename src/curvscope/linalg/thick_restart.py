@@ -39,6 +39,7 @@ from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import gaussian
 from curvscope.linalg.storage import BasisStorage, make_storage
 from curvscope.memory import check_budget, vectors_bytes
+from curvscope.operators.fingerprint import tensors_digest
 
 WHICH = ("LA", "SA", "LM", "BE")
 
@@ -127,8 +128,13 @@ class Problem:
     @property
     def config(self) -> dict:
         """What a checkpoint must match."""
-        return {"D": self.D, "k": self.k, "which": self.which, "ncv": self.ncv, "tol": self.tol,
-                "dtype": jsonable(self.dtype), "deflate": 0 if self.Qd is None else self.Qd.shape[1]}  # fmt: skip
+        # the deflated vectors themselves, not only their count: other vectors give other eigenvalues
+        deflate = 0 if self.Qd is None else tensors_digest([self.Qd])
+        # a default tol follows the measured noise floor, which may differ slightly between runs
+        # (free memory picks the float64 reference or a repeat): a checkpoint matches "the default"
+        tol = "default" if self.tol_reason.startswith("default") else self.tol
+        return {"D": self.D, "k": self.k, "which": self.which, "ncv": self.ncv, "tol": tol,
+                "dtype": jsonable(self.dtype), "deflate": deflate}  # fmt: skip
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from curvscope.distributed.comm import agree_on_errors, all_reduce_sum, is_distributed
+from curvscope.distributed.comm import agree_on_errors, all_reduce_sum, gather_data_fingerprints, is_distributed
 from curvscope.memory import available_bytes, check_budget, fmt_bytes
 from curvscope.operators.autodiff import (
     TangentDict,
@@ -187,7 +187,10 @@ class CurvatureOperator(LinearOperator):
     # ----------------------------------------------------------- what is measured
     def fingerprint(self) -> dict:
         """What this operator measures: its kind, the problem (params, mode, dtype, values, data)."""
-        return {"kind": type(self).__name__, "dim": self.shape[0], **self.problem.fingerprint()}
+        fingerprint = {"kind": type(self).__name__, "dim": self.shape[0], **self.problem.fingerprint()}
+        if self.distributed:  # each rank read its shard: the data is what all ranks read together
+            fingerprint["data"] = gather_data_fingerprints(fingerprint["data"])
+        return fingerprint
 
     @property
     def noise_floor(self) -> float:
@@ -387,7 +390,8 @@ class CurvatureOperator(LinearOperator):
     # ------------------------------------------------------------------ helpers
     def gradient(self) -> Tensor:
         """Gradient of the mean loss over the dataset (all ranks' shards), flat ``[D]``."""
-        return full_gradient(self.problem, distributed=self.distributed)
+        with tf32_disabled(self.device, self.allow_tf32):
+            return full_gradient(self.problem, distributed=self.distributed)
 
     @property
     def num_samples(self) -> int:

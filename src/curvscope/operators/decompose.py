@@ -29,10 +29,12 @@ from torch import Tensor, nn
 from torch.func import vjp, vmap
 
 from curvscope.distributed.comm import all_reduce_sum
-from curvscope.operators.autodiff import accumulation_dtype
+from curvscope.memory import available_bytes
+from curvscope.operators.autodiff import accumulation_dtype, tf32_disabled
 from curvscope.operators.base import LinearOperator
 from curvscope.operators.compose import LowRankOperator, SumOperator
 from curvscope.operators.ggn import GGN
+from curvscope.operators.graphs import GRAPH_CACHE_FRACTION
 from curvscope.operators.lossgrad import closed_form_kind
 from curvscope.operators.strategies import is_benign
 
@@ -164,9 +166,15 @@ class ClassStructure:
 
     @fresh_property
     def _sums(self) -> dict[str, Tensor]:
+        with tf32_disabled(self.ggn.device, self.ggn.allow_tf32):
+            return self._class_sums()
+
+    def _class_sums(self) -> dict[str, Tensor]:
         problem, C = self.problem, self.num_classes
         D = problem.num_params
-        acc = accumulation_dtype(problem.dtype)  # float64 sums for float32 problems
+        acc = accumulation_dtype(problem.dtype)  # float64 sums for float32 problems, when they fit:
+        if 2 * C * C * D * 8 * 2 > GRAPH_CACHE_FRACTION * available_bytes(problem.device):
+            acc = problem.dtype  # 2C²·D sums are not D-sized: float64 copies would not fit beside them
         sums = torch.zeros(2 * C * C, D, dtype=acc, device=problem.device)
         counts = torch.zeros(C, dtype=acc, device=problem.device)
         weights = torch.zeros(C, C, dtype=acc, device=problem.device)

@@ -57,6 +57,26 @@ def tensors_digest(tensors: Mapping[str, Tensor] | Iterable[Tensor]) -> str:
     return d.hexdigest()
 
 
+def digest_of_text(text: str) -> str:
+    """A short hash of a string."""
+    d = Digest()
+    d.update_text(text)
+    return d.hexdigest()
+
+
+def describe_callable(fn: Any) -> str:
+    """What a model or loss computes, as text.
+
+    A module's ``repr`` (its layers and settings: activations, ``label_smoothing``…) plus a digest of
+    its buffers, or a function's qualified name and attributes.
+    """
+    if isinstance(fn, torch.nn.Module):
+        settings = {k: v for k, v in describe_attributes(fn).items() if k != "training"}  # label_smoothing…
+        return f"{fn!r}|{settings}|{tensors_digest(dict(fn.named_buffers()))}"
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', '')}.{name}|{describe_attributes(fn) if hasattr(fn, '__dict__') else ''}"
+
+
 def operator_fingerprint(A: Any) -> dict:
     """The fingerprint of anything that speaks the operator protocol.
 

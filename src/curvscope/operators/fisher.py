@@ -45,6 +45,12 @@ class GradientMoment(CurvatureOperator):
 
     def _batch_setup(self, inputs: Any, targets: Any, n: int) -> Any:
         problem = self.problem
+        if problem.loss.unit_name != "samples":
+            # g_iᵀv below sums over every output dimension but the first: one gradient per sequence
+            raise ValueError(
+                f"{type(self).__name__} is defined per sample (one gradient per row of the batch), but the loss "
+                f"units are {problem.loss.unit_name}: pass units='samples' (per-sequence gradients)"
+            )
 
         def f(p):
             return problem.forward(p, inputs)

@@ -32,7 +32,8 @@ class LossSpec:
         loss_fn: ``(outputs, targets) -> scalar`` mean over the batch's units (or sum).
         output_map: applied to the model's outputs before the loss (``logits`` of a task head).
         labels_to_model: pass the labels into the model (it computes its own loss).
-        units: ``batch -> number of loss units``.
+        units: ``batch -> number of loss units`` (``None`` for samples: the leading dimension of the
+            model inputs, counted by the problem).
         unit_name: ``"samples"``, ``"tokens"`` or ``"custom"``.
         description: for fingerprints and logs.
     """
@@ -40,7 +41,7 @@ class LossSpec:
     loss_fn: Callable[[Any, Any], Tensor]
     output_map: Callable[[Any], Any]
     labels_to_model: bool
-    units: Callable[[Any], int]
+    units: Callable[[Any], int] | None
     unit_name: str
     description: str
 
@@ -92,16 +93,6 @@ def resolve_loss(model: Any, loss_fn: Callable | None, units: str | Callable[[An
     return LossSpec(fn, output_map, to_model, count, name, desc)
 
 
-def count_samples(batch: Any) -> int:
-    """Samples in a batch: the leading dimension of its first input tensor."""
-    from curvscope.operators.batches import _tensor_leaves
-
-    leaves = _tensor_leaves(_inputs_of(batch))
-    if not leaves or leaves[0].ndim == 0:
-        raise TypeError("cannot find a batched input tensor in the batch (leading dimension = samples)")
-    return int(leaves[0].shape[0])
-
-
 def count_tokens(batch: Any) -> int:
     """Non-ignored target tokens (labels ``!= -100``); targets must have a sequence dimension."""
     labels = batch.get("labels", batch.get("label")) if isinstance(batch, Mapping) else batch[-1]
@@ -113,15 +104,8 @@ def count_tokens(batch: Any) -> int:
     return int((labels != IGNORE_INDEX).sum())
 
 
-_COUNTERS: dict[str, Callable[[Any], int]] = {"samples": count_samples, "tokens": count_tokens}
-
-
-def _inputs_of(batch: Any) -> Any:
-    if isinstance(batch, Mapping):
-        return {k: v for k, v in batch.items() if k not in ("labels", "label")} or batch
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[:-1]
-    return batch
+#: Unit counters; samples are counted by :meth:`LossProblem.batch_size` from the model inputs.
+_COUNTERS: dict[str, Callable[[Any], int] | None] = {"samples": None, "tokens": count_tokens}
 
 
 def _checked_count(fn: Callable[[Any], int]) -> Callable[[Any], int]:

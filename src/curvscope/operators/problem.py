@@ -38,7 +38,7 @@ from curvscope.operators.batches import (  # noqa: F401  (re-exported)
     slice_batch,
     tensors_digest_names,
 )
-from curvscope.operators.fingerprint import Digest, tensors_digest
+from curvscope.operators.fingerprint import Digest, describe_callable, digest_of_text, tensors_digest
 from curvscope.operators.graphs import tensor_key
 from curvscope.operators.losses import resolve_loss
 
@@ -317,14 +317,16 @@ class LossProblem:
         contents for the fingerprint. The first batch is also run forward (activation size, a
         scalar finite loss); with ``full`` every batch is (finite inputs, outputs and loss).
         """
-        total, seen, digest, shapes = 0, 0, Digest(), None
+        total, seen, digests, shapes = 0, 0, [], None
         with torch.no_grad():
             for index, batch in self.batches():
                 inputs, targets = self.split(batch)
                 n = self.batch_size(batch)
                 leaves = _tensor_leaves(batch)
+                digest = Digest()
                 for t in leaves:
                     digest.update(t)
+                digests.append(digest.hexdigest())
                 if shapes is None:
                     shapes = [list(t.shape) for t in leaves]
                 if seen == 0 or full:
@@ -337,7 +339,8 @@ class LossProblem:
             "num_batches": seen,
             "num_samples": total,
             "shapes": shapes,
-            "contents": digest.hexdigest(),
+            # order-independent: a shuffling loader reads the same dataset in another order
+            "contents": digest_of_text("\n".join(sorted(digests))),
         }
         self._data_key = self.data_key()
         logger.info(
@@ -408,9 +411,10 @@ class LossProblem:
         """What this problem measures: model, loss, parameter selection, policy, values and data."""
         loss = self.loss_fn
         return {
-            "model": type(self.model).__name__,
+            "model": {"type": type(self.model).__name__, "structure": digest_of_text(describe_callable(self.model))},
             "loss": {
                 "type": self.loss.description,
+                "settings": digest_of_text(describe_callable(loss)),
                 "reduction": getattr(loss, "reduction", self.loss_reduction),
                 "units": self.loss.unit_name,
             },
