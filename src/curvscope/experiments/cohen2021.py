@@ -129,14 +129,15 @@ def _claims(run: RunDir, key: str, lr: float, r: dict) -> None:
                     "max_ratio": round(ratio.max().item(), 4), "min_ratio": round(ratio.min().item(), 4),
                     "final_ratio": round(ratio[-1].item(), 4)},
                     "median of λ_max/(2/η) over the measurements after it first reaches 0.9·2/η lies in [0.9, 1.2]",
-                    0.9 <= median <= 1.2, f"{SOURCE}, §3 and Figure 1 ('hovers just above 2/η')",
-                    inputs=status))  # fmt: skip
+                    0.9 <= median <= 1.2, f"{SOURCE}, §3 and Figure 1 ('hovers just above 2/η'); the band "
+                    f"[0.9, 1.2] is this project's", inputs=status, kind="regression"))  # fmt: skip
     if key.startswith("ce"):
         final, last_loss = (lam[-1] / thr).item(), loss[-1].item()
         run.claim(Claim(f"{key}_late_drop", f"{where}: with cross-entropy the sharpness falls well below 2/η late in "
                         f"training, as the loss approaches zero", {"final_ratio": round(final, 4),
                         "final_loss": round(last_loss, 5)}, "final λ_max/(2/η) < 0.5 with final loss < 0.05",
-                        final < 0.5 and last_loss < 0.05, f"{SOURCE}, §3 (cross-entropy)", inputs=status))  # fmt: skip
+                        final < 0.5 and last_loss < 0.05, f"{SOURCE}, §3 (cross-entropy); thresholds are this "
+                        f"project's", inputs=status, kind="regression"))  # fmt: skip
     tail = loss[t_edge:]
     ups = int((tail[1:] > tail[:-1]).sum())
     run.claim(Claim(f"{key}_loss", f"{where}: at the edge of stability the loss keeps decreasing over long "
