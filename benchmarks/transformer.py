@@ -39,25 +39,11 @@ from common import RESULTS, environment, loadavg, peer_versions, table
 from curvscope import GGN, Hessian, eigsh, spectral_density
 from curvscope.data.text import VOCAB_SIZE, stdlib_files, text_batches
 from curvscope.io import atomic_write_json
+from curvscope.models.hf import byte_gpt2
 
 
 def build(args) -> tuple[torch.nn.Module, list[dict]]:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        vocab_size=VOCAB_SIZE,
-        n_positions=args.seq,
-        n_embd=args.width,
-        n_layer=args.layers,
-        n_head=args.heads,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(config).eval()
+    model = byte_gpt2(args.seq, args.width, args.layers, args.heads, vocab_size=VOCAB_SIZE, seed=0).eval()
     data = text_batches(stdlib_files(), args.seq, args.batch // 2, max_batches=2)
     data[1]["labels"][:, args.seq // 2 :] = -100  # unequal token counts: token vs batch weighting differ
     return model, data

@@ -55,6 +55,7 @@ from curvscope.experiments.registry import Context, Recipe
 from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
 from curvscope.linalg import spectral_density
 from curvscope.models import build_model
+from curvscope.models.hf import byte_gpt2
 from curvscope.operators import Hessian, IndexRestrictedOperator
 from curvscope.train import TrainConfig, train
 
@@ -143,23 +144,7 @@ def papyan_sigma(steps: int) -> float:
 
 # ---------------------------------------------------------------- models, data, training
 def _gpt(s: Settings, seed: int) -> nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(
-        vocab_size=VOCAB_SIZE,
-        n_positions=s.seq_len,
-        n_embd=s.gpt_width,
-        n_layer=s.gpt_layers,
-        n_head=s.gpt_heads,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return GPT2LMHeadModel(config)
+    return byte_gpt2(s.seq_len, s.gpt_width, s.gpt_layers, s.gpt_heads, vocab_size=VOCAB_SIZE, seed=seed)
 
 
 def _gpt_data(s: Settings) -> tuple[list[dict], list[dict]]:
