@@ -172,10 +172,12 @@ def test_reproduce_all_ends_with_a_summary(tmp_path, monkeypatch, capsys):
 
     def recipe(name, ok, status="converged"):
         def run(rd, ctx):
-            rd.claim(Claim("holds", "a true statement", 1.0, "= 1", True))
-            rd.claim(Claim("shaky", "a statement that may fail", 0.5, "≥ 1", ok))
-            rd.claim(Claim("unsure", "rests on an eigensolve", 2.0, "> 1", True, inputs={"eigsh": status}))
-            rd.claim(Claim("info", "a reported quantity", 3.0, "reported, not asserted", None))
+            rd.claim(Claim("holds", "a true statement", 1.0, "= 1", True, kind="paper"))
+            rd.claim(Claim("shaky", "a statement that may fail", 0.5, "≥ 1", ok, kind="paper"))
+            rd.claim(
+                Claim("unsure", "rests on an eigensolve", 2.0, "> 1", True, kind="paper", inputs={"eigsh": status})
+            )
+            rd.claim(Claim("info", "a reported quantity", 3.0, "reported, not asserted", None, kind="paper"))
             rd.claim(Claim("guard", "a measured level", 0.5, "≥ 1", False, kind="regression"))
             rd.claim(Claim("identity", "H = G + H_res", 1e-15, "≤ 1e-10", True, kind="sanity"))
 

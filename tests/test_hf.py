@@ -300,3 +300,20 @@ def test_double_backward_through_a_once_differentiable_function_is_refused_not_w
     H = Hessian(model, nn.CrossEntropyLoss(), data, strategy=strategy, probe=False)
     with pytest.raises(RuntimeError, match="double backward is not supported"):
         H @ torch.randn(H.shape[0], dtype=DT)
+
+
+def test_tuple_batches_give_the_task_loss_of_dict_batches():
+    # (input_ids, labels) tuples, as a plain TensorDataset loader yields them, define the same
+    # operator as {"input_ids", "labels"} dicts: causal LM (token units) and a sequence classifier.
+    for model, batches in ((gpt2(), lm_batches()), (bert_classifier(), None)):
+        if batches is None:
+            g = torch.Generator().manual_seed(4)
+            batches = [{"input_ids": torch.randint(1, 30, (r, 6), generator=g),
+                        "labels": torch.randint(0, 3, (r,), generator=g)} for r in (3, 2)]  # fmt: skip
+        dicts = [{"input_ids": b["input_ids"], "labels": b["labels"]} for b in batches]
+        tuples = [(b["input_ids"], b["labels"]) for b in batches]
+        Hd, Ht = Hessian(model, None, dicts), Hessian(model, None, tuples)
+        assert Ht.problem.loss.unit_name == Hd.problem.loss.unit_name and Ht.num_samples == Hd.num_samples
+        V = torch.randn(Hd.shape[0], 2, dtype=DT, generator=torch.Generator().manual_seed(5))
+        assert_close(Ht @ V, Hd @ V, rtol=1e-12)
+        assert_close(GGN(model, None, tuples) @ V, GGN(model, None, dicts) @ V, rtol=1e-12)

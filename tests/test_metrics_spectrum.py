@@ -135,6 +135,29 @@ def test_goldilocks_matches_dense_restriction():
         goldilocks(DenseOperator(A), 51)
 
 
+class NoisyFloor(MatmulOnly):
+    """A dense operator that declares a measured relative rounding noise of its products."""
+
+    noise_floor = 1e-6
+
+
+def test_goldilocks_positive_fraction_respects_the_noise_band():
+    # rank 4 in D = 40: on a d = 20 subspace H_d has 16 eigenvalues that are exactly zero up to
+    # round-off, whose sign the products cannot resolve; they must not count as positive.
+    Q = random_orthogonal(40, 5)
+    lam = torch.zeros(40, dtype=DT)
+    lam[:4] = torch.tensor([3.0, 2.0, 1.0, 0.5], dtype=DT)
+    A = (Q * lam) @ Q.T
+    A = (A + A.T) / 2 + 1e-9 * torch.diag(torch.linspace(-1, 1, 40, dtype=DT))  # tiny, inside the band
+    r = goldilocks(NoisyFloor(A), 20, seed=0)
+    M = random_orthonormal(40, 20, seed=0)
+    assert r.noise_band == pytest.approx(10 * 1e-6 * torch.linalg.matrix_norm(A @ M).item(), rel=1e-12)
+    assert r.unresolved_fraction == pytest.approx(16 / 20) and r.positive_fraction == pytest.approx(4 / 20)
+    assert int((r.eigenvalues > 0).sum()) > 4  # the unresolved ones do straddle zero in sign
+    exact = goldilocks(MatmulOnly(A), 20, seed=0)  # float64, no declared floor: band = 10·eps·‖AM‖_F
+    assert exact.noise_band < 1e-13 and exact.unresolved_fraction == 0.0
+
+
 def test_goldilocks_on_tiny_model_hessian():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(2)

@@ -23,12 +23,12 @@ def make_run(path):
         return {"grid": grid, "pdf": torch.exp(-(grid**2)), "lo": 0.5 * torch.exp(-(grid**2)), "note": "x"}
 
     out = run.step("density", compute)
-    run.claim(Claim("gap", "the gap is after C-1", 9, "== 9", True, "Sagun 2016"))
-    run.claim(Claim("barrier", "no barrier", 0.3, "<= 0", False))
-    run.claim(Claim("trainability", "reported only", 0.5, "n/a", None))
+    run.claim(Claim("gap", "the gap is after C-1", 9, "== 9", True, "Sagun 2016", kind="paper"))
+    run.claim(Claim("barrier", "no barrier", 0.3, "<= 0", False, kind="paper"))
+    run.claim(Claim("trainability", "reported only", 0.5, "n/a", None, kind="paper"))
     run.claim(Claim("level", "a measured level", 0.8, ">= 0.7", True, kind="regression"))
     run.claim(Claim("psd", "G is PSD", -1e-12, ">= -1e-10", True, kind="sanity"))
-    run.claim(Claim("top", "needs eigsh", 2.0, "> 1", True, inputs={"eigsh H": "max_matvecs"}))
+    run.claim(Claim("top", "needs eigsh", 2.0, "> 1", True, kind="paper", inputs={"eigsh H": "max_matvecs"}))
     run.figure(
         Figure(
             "density",
@@ -70,17 +70,22 @@ def test_a_different_config_is_refused(tmp_path):
 
 
 def test_claim_kinds_and_verdicts():
-    assert Claim("a", "s", 1, "c", True).verdict == "pass" and Claim("a", "s", 1, "c", False).verdict == "fail"
-    assert Claim("a", "s", 1, "c", None, inputs={"eigsh": "unverified"}).verdict == "reported"
+    assert (
+        Claim("a", "s", 1, "c", True, kind="paper").verdict == "pass"
+        and Claim("a", "s", 1, "c", False, kind="paper").verdict == "fail"
+    )
+    assert Claim("a", "s", 1, "c", None, kind="paper", inputs={"eigsh": "unverified"}).verdict == "reported"
     for status in ("unverified", "max_matvecs", "interrupted", "rank_deficient", "no-such-word"):
-        assert Claim("a", "s", 1, "c", True, inputs={"x": status}).verdict == "inconclusive", status
-        assert Claim("a", "s", 1, "c", False, inputs={"x": status}).verdict == "inconclusive", status
+        assert Claim("a", "s", 1, "c", True, kind="paper", inputs={"x": status}).verdict == "inconclusive", status
+        assert Claim("a", "s", 1, "c", False, kind="paper", inputs={"x": status}).verdict == "inconclusive", status
     for status in ("converged", "completed", "exact", "ok"):  # "ok": the sketch's word before the common one
-        assert Claim("a", "s", 1, "c", True, inputs={"x": status}).verdict == "pass", status
+        assert Claim("a", "s", 1, "c", True, kind="paper", inputs={"x": status}).verdict == "pass", status
     d = Claim("a", "s", 1, "c", False, kind="regression").as_dict()
     assert d["kind"] == "regression" and d["verdict"] == "fail"
     with pytest.raises(ValueError, match="kind must be one of"):
         Claim("a", "s", 1, "c", True, kind="guess")
+    with pytest.raises(TypeError, match="kind"):  # no default: every claim states its kind
+        Claim("a", "s", 1, "c", True)
 
 
 def test_old_results_stay_readable(tmp_path):
@@ -182,7 +187,7 @@ def test_reproduce_refuses_a_run_dir_made_with_other_settings(tmp_path):
     settings = {"epochs": 4}
 
     def run(rd, ctx):
-        rd.claim(Claim("x", "a statement", 1, "= 1", True, inputs=statuses(step={"status": "converged"})))
+        rd.claim(Claim("x", "a statement", 1, "= 1", True, kind="paper", inputs=statuses(step={"status": "converged"})))
 
     try:
         register(Recipe("zz_fp", "t", "s", run, settings=lambda scale: dict(settings)), overwrite=True)

@@ -113,12 +113,12 @@ def _claims(run: RunDir, key: str, lr: float, r: dict) -> None:
     run.claim(Claim(f"{key}_sharpening", f"{where}: λ_max rises from below 2/η until it reaches it (progressive "
                     f"sharpening)", {"lambda_max_0": round(lam0, 4), "peak": round(peak, 4), "two_over_eta": thr},
                     "λ_max(0) < 0.9·2/η and max_t λ_max ≥ 0.9·2/η", lam0 < 0.9 * thr and peak >= 0.9 * thr,
-                    f"{SOURCE}, §3.1 and Figure 1", inputs=status))  # fmt: skip
+                    f"{SOURCE}, §3.1 and Figure 1", kind="paper", inputs=status))  # fmt: skip
     if len(reached) == 0:
         for name in ("edge", "loss"):
             what = f"{where}: (needs λ_max to reach 2/η first)"
             run.claim(Claim(f"{key}_{name}", what, None, "λ_max never reached 0.9·2/η in this run", False,
-                            f"{SOURCE}, §3", inputs=status))  # fmt: skip
+                            f"{SOURCE}, §3", kind="paper", inputs=status))  # fmt: skip
         return
     i = int(reached[0])
     t_edge = int(steps[i])
@@ -144,7 +144,8 @@ def _claims(run: RunDir, key: str, lr: float, r: dict) -> None:
                     f"timescales, non-monotonically", {"loss_at_edge": round(tail[0].item(), 5),
                     "final_loss": round(tail[-1].item(), 5), "increases": ups, "steps": len(tail) - 1},
                     "final loss < loss when 0.9·2/η was first reached, and at least one step-to-step increase",
-                    bool(tail[-1] < tail[0]) and ups > 0, f"{SOURCE}, §3 and Figure 1", inputs=status))  # fmt: skip
+                    bool(tail[-1] < tail[0]) and ups > 0, f"{SOURCE}, §3 and Figure 1", kind="paper",
+                    inputs=status))  # fmt: skip
 
 
 def _figures(run: RunDir, s: Settings) -> None:

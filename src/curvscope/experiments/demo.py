@@ -116,6 +116,7 @@ def run_demo(run: RunDir, ctx: Context) -> None:
             f"chance 9/D = {9 / D:.1e}; reported, not asserted",
             None,
             "Gur-Ari, Roberts & Dyer 2018 (arXiv:1812.04754)",
+            kind="paper",
             inputs=ins.statuses(eigsh_H=top),
         )
     )
@@ -134,6 +135,7 @@ def run_demo(run: RunDir, ctx: Context) -> None:
             "chance = 1; reported (small k can go either way)",
             None,
             "Fernandez et al. 2025 (arXiv:2504.14701)",
+            kind="paper",
             inputs=ins.statuses(eigsh_H=top),
         )
     )

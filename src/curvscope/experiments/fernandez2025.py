@@ -295,7 +295,7 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         above,
         f"magnitude ratio > 97.5% quantile of random masks, k ∈ {cks}, every net",
         all(m > hi for m, hi in above.values()),
-        SOURCE, inputs=space(final),
+        SOURCE, kind="paper", inputs=space(final),
     ))  # fmt: skip
     ref = {f"k={k}": round(_at(final[0], "magnitude", k, ks), 3) for k in cks}
     run.claim(Claim(
@@ -315,7 +315,7 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         sizes,
         f"ratio({names[last]}) > ratio({names[0]}) at k = {cks}",
         all(b > a for a, b in sizes.values()),
-        SOURCE, inputs=space(final),
+        SOURCE, kind="paper", inputs=space(final),
     ))  # fmt: skip
     k10 = {names[i]: [round(_at(r, "magnitude", 10, ks), 2) for r in rs] for i, rs in res.items()} if 10 in ks else {}
     run.claim(Claim(
@@ -324,7 +324,7 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         k10,
         "reported, not asserted",
         None,
-        SOURCE,
+        SOURCE, kind="paper",
     ))  # fmt: skip
     ctrl = {f"{names[i]}, k={k}": [round(_at(r, "magnitude", k, ks), 2), round(_at(r, "layer_matched_mean", k, ks), 2),
                                    round(_at(r, "layer_matched_hi", k, ks), 2)]
@@ -336,7 +336,7 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         ctrl,
         "reported: above the band means large weights matter beyond the choice of layers",
         None,
-        SOURCE,
+        SOURCE, kind="paper",
     ))  # fmt: skip
     init = {f"{names[i]}, k={k}": round(_at(rs[0], "magnitude", k, ks), 2) for i, rs in res.items() for k in cks}
     run.claim(Claim(
@@ -345,7 +345,7 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         init,
         "reported, not asserted",
         None,
-        SOURCE,
+        SOURCE, kind="paper",
     ))  # fmt: skip
     _sketch_claims(run, cfg, final, names, cks)
     for i, rs in res.items():

@@ -64,12 +64,16 @@ def measure_goldilocks(run: RunDir, ctx: Context, s: Settings) -> dict:
         def measure(a=a) -> dict:
             H = Hessian(goldilocks_net(a, ctx, F64), nn.CrossEntropyLoss(), batches(data), strategy="vmap")
             res = [goldilocks(H, s.gold_dim, seed=1000 * ctx.seed + j) for j in range(s.gold_subspaces)]
-            ratio, pos = ([getattr(r, k) for r in res] for k in ("trace_ratio", "positive_fraction"))
+            keys = ("trace_ratio", "positive_fraction", "unresolved_fraction")
+            ratio, pos, unresolved = ([getattr(r, k) for r in res] for k in keys)
             return {"ratio": torch.tensor(ratio, dtype=F64), "positive": torch.tensor(pos, dtype=F64),
+                    "unresolved": torch.tensor(unresolved, dtype=F64),
                     "status": [str(r.status) for r in res]}  # fmt: skip
 
+        # positive: eigenvalues of H_d resolved above the products' noise band (GoldilocksResult.noise_band)
         r = run.step(f"goldilocks_a{a:g}", measure)
-        rows.append([a, r["ratio"].mean(), r["ratio"].min(), r["ratio"].max(), r["positive"].mean()])
+        rows.append([a, r["ratio"].mean(), r["ratio"].min(), r["ratio"].max(), r["positive"].mean(),
+                     r["unresolved"].mean()])  # fmt: skip
         sts = r.get("status") or ["unverified"]
         status[f"H_d α={a:g}"] = next((x for x in sts if not trusted(x)), sts[0])  # the worst of the subspaces
     t, keys = torch.tensor(rows, dtype=F64), ("alpha", "ratio", "ratio_min", "ratio_max", "positive")

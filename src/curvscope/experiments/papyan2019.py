@@ -343,7 +343,7 @@ def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C, D) -> Non
         f"overlap > {MAJORITY} (more of the eigenspace inside the span than outside; chance C²/D = {chance:.3f}) "
         "at the last snapshot of each training-set size",
         min(ov_final.values()) > MAJORITY,
-        SOURCE, inputs=eig_inputs(finals),
+        SOURCE, kind="paper", inputs=eig_inputs(finals),
     ))  # fmt: skip
     late = [(n, s, r) for n in cfg.sizes for s, r in zip(steps, results[n]) if s >= 2 * spe]
     ov = {f"N={n}, step {s}": round(r["overlap_cross_means"], 4) for n, s, r in late}
@@ -375,7 +375,7 @@ def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C, D) -> Non
         f"{last['eig_G'][0]:.3g} … {last['eig_G'][-1]:.3g}",
         "reported, not asserted (visible only sometimes)",
         None,
-        SOURCE,
+        SOURCE, kind="paper",
     ))  # fmt: skip
     for n in cfg.sizes:
         run.metric(f"overlap_class_means_N{n}", [round(r["overlap_class_means"], 3) for r in results[n]])

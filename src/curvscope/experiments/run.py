@@ -93,7 +93,8 @@ class Claim:
     criterion: str
     passed: bool | None
     source: str = ""
-    kind: str = "paper"
+    # Required: every claim states whether it is the paper's, a regression guard or a sanity check.
+    kind: str = field(kw_only=True)
     inputs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

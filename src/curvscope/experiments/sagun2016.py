@@ -191,6 +191,7 @@ def _spectra(run: RunDir, ctx: Context, s: Settings) -> None:
             f"gap_at = {C_MAIN - 1} (rule: the softmax Hessian has rank C − 1)",
             end["gap_at"] == C_MAIN - 1,
             SRC,
+            kind="paper",
             inputs=exact,
         )
     )
@@ -202,6 +203,7 @@ def _spectra(run: RunDir, ctx: Context, s: Settings) -> None:
             "reported, not asserted (the paper states no gap position at initialisation)",
             None,
             SRC,
+            kind="paper",
             inputs=exact,
         )
     )
@@ -395,6 +397,7 @@ def _width_sweep(run: RunDir, ctx: Context, s: Settings) -> None:
             "strictly increasing in width (direction stated by the paper)",
             all(b > a for a, b in itertools.pairwise(fr)),
             SRC,
+            kind="paper",
             inputs={f"{m} w={r['width']}": r[f"status_{m}"] for r in rows for m in ("eigsh", "slq")},
         )
     )

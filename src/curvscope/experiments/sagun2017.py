@@ -229,6 +229,7 @@ def _split_claims(run: RunDir, rows: dict) -> None:
             "at both points: λ_min(H) < 0 < λ_max(H_res) and λ_min(H_res) < 0",
             all(row["min_H"] < 0 < row["max_Hres"] and row["min_Hres"] < 0 for row in rows.values()),
             SRC_SPLIT,
+            kind="paper",
             inputs=inputs("H", "Hres"),
         )
     )
@@ -262,6 +263,7 @@ def _outlier_claims(run: RunDir, rows: dict) -> None:
             f"‖H_res‖ < λ_{TOP_K}(H) at θ_LB",
             res_norm < lam_k,
             SRC_SPLIT,
+            kind="paper",
             inputs=_inputs(rows, "Hres", eigsh=("H", "G"), point="lb"),
         )
     )
@@ -287,6 +289,7 @@ def _outlier_claims(run: RunDir, rows: dict) -> None:
             "reported, not asserted",
             None,
             SRC_SPLIT,
+            kind="paper",
         )
     )
     _split_figures(run, rows)
@@ -386,6 +389,7 @@ def _line_claims(run: RunDir, line: dict) -> None:
             "barrier ≤ 0 on the α grid",
             line["barrier"] <= 0.0,
             SRC,
+            kind="paper",
         )
     )
     run.claim(
@@ -396,6 +400,7 @@ def _line_claims(run: RunDir, line: dict) -> None:
             "monotone on the grid",
             bool(line["monotone"]),
             SRC,
+            kind="paper",
         )
     )
     run.claim(
@@ -406,6 +411,7 @@ def _line_claims(run: RunDir, line: dict) -> None:
             "λ_max(θ_SB) < λ_max(θ_LB)",
             lam_sb < lam_lb,
             SRC,
+            kind="paper",
             inputs=ends,
         )
     )

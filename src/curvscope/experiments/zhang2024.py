@@ -322,6 +322,7 @@ def _compare_claims(run: RunDir, phase: str, gpt: dict, cnn: dict | None, inputs
                 "gpt > cnn (rule: the paper's ordering of block heterogeneity, transformers above CNNs; no threshold)",
                 c is not None and g > c,
                 SRC,
+                kind="paper",
                 inputs=inputs,
             )
         )
@@ -431,6 +432,7 @@ def _other_claims(run: RunDir, gpt: dict, cnn: dict | None, fit_gpt: dict, fit_c
             "reported, not asserted",
             None,
             SRC,
+            kind="paper",
             inputs=_inputs({b: dens[b] for b in ("query", "key", "value")}, "gpt"),
         )
     )
@@ -448,6 +450,7 @@ def _other_claims(run: RunDir, gpt: dict, cnn: dict | None, fit_gpt: dict, fit_c
             "reported, not asserted (the paper compares normalised shapes)",
             None,
             SRC,
+            kind="paper",
         )
     )
     drop = {"gpt_loss": [round(fit_gpt["first_loss"], 3), round(fit_gpt["last_loss"], 3)]}

@@ -62,7 +62,7 @@ class TaskHead:
     num_labels: int | None = None
     problem_type: str | None = None
 
-    def loss(self, logits: Tensor, batch: Mapping) -> Tensor:
+    def loss(self, logits: Tensor, batch: Any) -> Tensor:
         """The batch's mean loss over its units (0 for a batch with no unit), in the logits' dtype."""
         labels = _labels(batch)
         if self.name == "causal_lm":
@@ -80,7 +80,7 @@ class TaskHead:
             return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
-    def units(self, batch: Mapping) -> int:
+    def units(self, batch: Any) -> int:
         """Loss units in a batch: non-ignored (shifted) target tokens, or samples."""
         labels = _labels(batch)
         if self.name == "causal_lm":
@@ -152,12 +152,21 @@ def forward_kwargs(model: nn.Module) -> dict[str, Any]:
     return {"use_cache": False} if "use_cache" in params else {}
 
 
-def _labels(batch: Mapping) -> Tensor:
-    labels = batch.get("labels", batch.get("label")) if isinstance(batch, Mapping) else None
+def _labels(batch: Any) -> Tensor:
+    """The targets of a batch: ``labels`` of a dict / ``BatchEncoding``, or of a tuple ``(inputs, labels)``.
+
+    For tuple batches the loss receives the targets tensor itself, which is then the labels.
+    """
+    if isinstance(batch, Mapping):
+        labels = batch.get("labels", batch.get("label"))
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        labels = batch[-1]
+    else:
+        labels = batch
     if not isinstance(labels, Tensor):
         raise KeyError(
-            "the batch has no 'labels' tensor: a HuggingFace task loss needs dict batches (or BatchEncoding) "
-            "with the targets under 'labels'"
+            "the batch has no labels tensor: give a HuggingFace task model dict batches (or BatchEncoding) "
+            "with the targets under 'labels', or tuples (input_ids, labels)"
         )
     return labels
 

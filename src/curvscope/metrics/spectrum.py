@@ -28,7 +28,7 @@ from torch import Tensor
 from curvscope.common import SeedLike, Status, as_status, make_generator, make_progress
 from curvscope.io import load_tensors, save_tensors
 from curvscope.linalg.density import Density
-from curvscope.linalg.precision import WorkDtype, resolve_work_dtype
+from curvscope.linalg.precision import NOISE_FACTOR, WorkDtype, measured_noise_floor, resolve_work_dtype
 from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import gaussian
 
@@ -286,13 +286,19 @@ class GoldilocksResult(_Saved):
 
     Attributes:
         trace_ratio: ``Tr(H_d)/‖H_d‖_F`` (``√d`` for ``c·I``, ``O(1)`` for a random symmetric matrix).
-        positive_fraction: fraction of eigenvalues of ``H_d`` above 0.
+        positive_fraction: fraction of eigenvalues of ``H_d`` above ``noise_band`` (resolved as positive).
         eigenvalues: ``[d]`` ascending eigenvalues of ``H_d``.
         d, seed, num_matvecs, wall_time: what was run and what it cost (``seed`` is ``None`` when a
             generator or an explicit basis was given).
         status: :class:`~curvscope.common.Status` ``exact`` (``H_d`` is computed exactly) or ``zero``
             (``H_d = 0``: the ratio is undefined, NaN).
         message: what happened.
+        noise_band: eigenvalues with ``|λ| ≤ noise_band`` cannot be signed: Weyl's bound on how far the
+            products' rounding moves an eigenvalue of ``H_d``, ``NOISE_FACTOR · max(noise_floor,
+            eps(dtype)) · ‖A M‖_F`` (each product's relative rounding is at most the operator's
+            measured ``noise_floor``, so the error matrix ``E`` has ``‖E‖₂ ≤ ‖E‖_F ≤ noise · ‖A M‖_F``;
+            the factor covers the floor's own estimate, as for eigensolver tolerances).
+        unresolved_fraction: fraction of eigenvalues of ``H_d`` inside the noise band.
     """
 
     trace_ratio: float
@@ -304,6 +310,8 @@ class GoldilocksResult(_Saved):
     wall_time: float
     status: Status
     message: str = ""
+    noise_band: float = 0.0
+    unresolved_fraction: float = 0.0
 
 
 def random_orthonormal(D: int, d: int, seed: SeedLike = 0, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -320,17 +328,22 @@ def random_orthonormal(D: int, d: int, seed: SeedLike = 0, dtype: torch.dtype = 
     return (Q * torch.sign(torch.diagonal(R))).to(dtype)
 
 
-def _restricted(A: Any, M: Tensor, block_size: int | None, bar: Any) -> Tensor:
-    """``H_d = Mᵀ A M`` ``[d, d]`` float64 from products of ``block_size`` columns (cast to ``A.dtype``)."""
+def _restricted(A: Any, M: Tensor, block_size: int | None, bar: Any) -> tuple[Tensor, float]:
+    """``H_d = Mᵀ A M`` ``[d, d]`` float64 and ``‖A M‖_F`` (the scale of the products' rounding error).
+
+    Products of ``block_size`` columns at a time, cast to ``A.dtype``.
+    """
     d = M.shape[1]
     bs = d if block_size is None else int(block_size)
     Hd = torch.empty(d, d, dtype=torch.float64)
+    sq_norm = 0.0
     for s in range(0, d, bs):
         X = M[:, s : s + bs].to(dtype=A.dtype)
         AM = check_product(X, A @ X, "goldilocks").to(M.dtype)
         Hd[:, s : s + bs] = (M.T @ AM).double().cpu()
+        sq_norm += float(AM.double().square().sum())
         bar.update(AM.shape[1])
-    return (Hd + Hd.T) / 2
+    return (Hd + Hd.T) / 2, math.sqrt(sq_norm)
 
 
 def goldilocks(
@@ -377,10 +390,12 @@ def goldilocks(
         raise ValueError(f"basis must be [{D}, {d}], got {tuple(M.shape)}")
     bar = make_progress(d, progress, "goldilocks")
     try:
-        Hd = _restricted(A, M.to(A.device), block_size, bar)
+        Hd, am_norm = _restricted(A, M.to(A.device), block_size, bar)
     finally:
         bar.close()
     evals = torch.linalg.eigvalsh(Hd)
+    noise = max(measured_noise_floor(A) or 0.0, torch.finfo(A.dtype).eps)
+    band = NOISE_FACTOR * noise * am_norm
     fro = torch.linalg.matrix_norm(Hd).item()
     # exact up to round-off only for float64 products; below float64 the d × d matrix carries their rounding
     trusted = Status.EXACT if A.dtype == torch.float64 else Status.COMPLETED
@@ -390,5 +405,6 @@ def goldilocks(
         message += f" in {str(A.dtype).removeprefix('torch.')} (exact up to their rounding)"
     ratio = Hd.trace().item() / fro if fro > 0 else math.nan
     seed_value = int(seed) if isinstance(seed, int) and basis is None else None
-    return GoldilocksResult(ratio, (evals > 0).double().mean().item(), evals, d, seed_value, d,
-                            time.perf_counter() - t0, status, message)  # fmt: skip
+    positive, unresolved = ((evals > band).double().mean().item(), (evals.abs() <= band).double().mean().item())
+    return GoldilocksResult(ratio, positive, evals, d, seed_value, d, time.perf_counter() - t0, status, message,
+                            band, unresolved)  # fmt: skip
