@@ -95,3 +95,59 @@ def test_hf_trainer_callback_logs_into_the_log_history(tmp_path):
     assert logged == {r["step"]: r["lambda_max"] for r in cb.history} and sorted(logged) == [0, 2, 4]
     assert all(r["lambda_max/status"] == "converged" for r in cb.history)
     assert (tmp_path / "checkpoint-4" / STATE_FILE).exists()
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_hf_trainer_resume_after_a_kill_continues_the_same_history(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from curvscope.integrations.transformers import CurvatureCallback
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 20, (48, 6), generator=g)
+    labels = (ids[:, 0] > 10).long()
+    rows = [{"input_ids": ids[i], "labels": labels[i]} for i in range(48)]
+    probe = [{"input_ids": ids[:16], "labels": labels[:16]}]
+
+    def trainer_for(out, kill_at=None):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cfg = transformers.BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=8, max_position_embeddings=8, num_labels=2)  # fmt: skip
+            model = transformers.BertForSequenceClassification(cfg)
+        args = transformers.TrainingArguments(output_dir=str(out), max_steps=6, per_device_train_batch_size=8,
+                                              learning_rate=1e-2, logging_steps=100, save_steps=2, report_to=[],
+                                              use_cpu=True, disable_tqdm=True, seed=0)  # fmt: skip
+
+        class Kill(transformers.TrainerCallback):  # a crash after checkpoint-4 was written
+            def on_step_end(self, args, state, control, **kw):
+                if state.global_step == kill_at:
+                    raise _Killed(f"killed at step {kill_at}")
+
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=rows,
+                                       callbacks=[Kill()] if kill_at else [])  # fmt: skip
+        return trainer, CurvatureCallback(probe, every=2, k=3, metrics=("lambda_max", "top_k")).attach(trainer)
+
+    def train(trainer, **kw):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.train(**kw)
+
+    whole, cb_whole = trainer_for(tmp_path / "whole")
+    train(whole)
+    killed, _ = trainer_for(tmp_path / "run", kill_at=5)
+    with pytest.raises(_Killed):
+        train(killed)
+    resumed, cb = trainer_for(tmp_path / "run")
+    train(resumed, resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))
+    assert [r["step"] for r in cb.history] == [r["step"] for r in cb_whole.history] == [0, 2, 4, 6]
+    for got, want in zip(cb.history, cb_whole.history):
+        assert got["lambda_max"] == pytest.approx(want["lambda_max"], rel=1e-9, abs=1e-12)
+        assert got["lambda_max/status"] == "converged"
+    assert cb.history[-1]["top_k/persistence"] == pytest.approx(cb_whole.history[-1]["top_k/persistence"], rel=1e-6)
+    logged = [e["step"] for e in resumed.state.log_history if "curvature/lambda_max" in e]
+    assert logged == [0, 2, 4, 6]  # the resumed Trainer's history holds the measurements before the kill too
