@@ -9,9 +9,10 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.curvscope-installed
+DOCS_STAMP := $(VENV)/.curvscope-docs-installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help demo test bench lint format data clean
+.PHONY: help demo test docs bench lint format data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,6 +36,14 @@ demo: $(STAMP)  ## set up and run the built-in end-to-end analysis
 test: $(STAMP) data  ## set up and run the whole test suite
 	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[docs]"
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)  ## build the documentation site into site/ (mkdocs --strict: any warning fails)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	@echo "open site/index.html"
+
 bench: $(STAMP)  ## install the peers and run the side-by-side benchmarks (writes benchmarks/results/)
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev,bench]"
 	@# BackPACK pulls PyPI's torchvision, which does not import beside this torch and breaks transformers
@@ -52,4 +61,4 @@ format: $(STAMP)  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 
 clean:  ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis src/*.egg-info
+	rm -rf $(VENV) site .pytest_cache .ruff_cache .hypothesis src/*.egg-info

@@ -1,0 +1,99 @@
+"""MkDocs hook: the reproduction gallery, rendered at build time from the registry and the committed reports.
+
+``docs/reproductions/index.md`` holds the marker ``<!-- gallery -->``; this hook replaces it with
+one section per registered paper reproduction (title, papers, what the quick scale runs, the
+command) and, for every run directory committed under ``docs/reproductions/<name>/``, its report
+link, wall time and claims table read from its ``results.json``. Directories that match no
+registered experiment are listed too, so whatever is committed there appears on the page.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+MARKER = "<!-- gallery -->"
+PAGE = "reproductions/index.md"
+
+
+def _cell(text: Any) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _duration(seconds: Any) -> str:
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        return "not recorded"
+    if not math.isfinite(s):
+        return "not recorded"
+    return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def _run_section(name: str, folder: Path) -> list[str]:
+    """The lines for one committed run directory ``docs/reproductions/<name>/``."""
+    lines: list[str] = []
+    report = folder / "report.html"
+    results_file = folder / "results.json"
+    links = []
+    if report.exists():
+        links.append(f"[report]({name}/report.html)")
+    if results_file.exists():
+        links.append(f"[results.json]({name}/results.json)")
+    try:
+        results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    except (OSError, ValueError) as err:
+        results = {}
+        links.append(f"(results.json unreadable: {_cell(err)})")
+    config = results.get("config", {}) if isinstance(results.get("config"), dict) else {}
+    scale = config.get("scale", results.get("scale", "?"))
+    lines.append(
+        f"**Committed run** ({', '.join(links) or 'no report or results.json yet'}): scale `{scale}`, "
+        f"wall time {_duration(results.get('wall_seconds'))}, finished {results.get('finished', 'not recorded')}."
+    )
+    claims = results.get("claims") or []
+    if claims:
+        lines += ["", "| claim | kind | verdict | statement |", "| --- | --- | --- | --- |"]
+        for c in claims:
+            passed = c.get("passed")
+            verdict = c.get("verdict") or ("reported" if passed is None else ("pass" if passed else "fail"))
+            lines.append(
+                f"| `{_cell(c.get('name', '?'))}` | {_cell(c.get('kind', 'paper'))} | **{_cell(verdict)}** "
+                f"| {_cell(c.get('statement', ''))} |"
+            )
+    return lines
+
+
+def render(docs_dir: Path) -> str:
+    """The gallery's Markdown."""
+    from curvscope.experiments import registry
+
+    root = docs_dir / "reproductions"
+    committed = {p.name: p for p in sorted(root.iterdir()) if p.is_dir()} if root.exists() else {}
+    out: list[str] = []
+    for name in registry.names():
+        recipe = registry.get(name)
+        if not recipe.papers:  # the demo is no reproduction
+            continue
+        out += [f"## {recipe.title}", "", f"*{_cell(recipe.papers)}* — `{name}`", "", _cell(recipe.summary), ""]
+        out += ["```bash", f"curvscope reproduce {name}                # quick scale (minutes on 2 CPU cores)",
+                f"curvscope reproduce {name} --scale full   # the papers' data and sizes", "```", ""]  # fmt: skip
+        if name in committed:
+            out += _run_section(name, committed.pop(name))
+        else:
+            out.append(f"*Full-scale report: not committed yet (it will appear under `docs/reproductions/{name}/`).*")
+        out.append("")
+    for name, folder in committed.items():  # run directories of no registered experiment
+        out += [f"## {name}", ""]
+        out += _run_section(name, folder)
+        out.append("")
+    return "\n".join(out)
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """Replace the marker of the gallery page with the rendered gallery."""
+    if page.file.src_uri != PAGE or MARKER not in markdown:
+        return markdown
+    return markdown.replace(MARKER, render(Path(config["docs_dir"])))
