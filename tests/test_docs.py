@@ -31,7 +31,8 @@ def pages_with_code() -> list[str]:
 
 def test_the_tutorials_have_code():
     pages = pages_with_code()
-    for page in ("getting-started.md", "concepts.md", "tutorials/top-eigenvalues.md", "tutorials/density.md"):
+    for page in ("getting-started.md", "concepts.md", "tutorials/top-eigenvalues.md", "tutorials/density.md",
+                 "tutorials/gauss-newton-split.md", "tutorials/per-layer.md"):
         assert page in pages, f"{page} has no ```python block"
 
 
