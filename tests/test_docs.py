@@ -31,8 +31,9 @@ def pages_with_code() -> list[str]:
 
 def test_the_tutorials_have_code():
     pages = pages_with_code()
-    for page in ("getting-started.md", "concepts.md", "tutorials/top-eigenvalues.md", "tutorials/density.md",
-                 "tutorials/gauss-newton-split.md", "tutorials/per-layer.md"):
+    tutorials = ("top-eigenvalues", "density", "gauss-newton-split", "per-layer", "transformer", "monitoring")
+    tutorials += ("torchrun",)
+    for page in ["getting-started.md", "concepts.md", *(f"tutorials/{t}.md" for t in tutorials)]:
         assert page in pages, f"{page} has no ```python block"
 
 
