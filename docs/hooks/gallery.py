@@ -78,8 +78,13 @@ def render(docs_dir: Path) -> str:
         if not recipe.papers:  # the demo is no reproduction
             continue
         out += [f"## {recipe.title}", "", f"*{_cell(recipe.papers)}* — `{name}`", "", _cell(recipe.summary), ""]
-        out += ["```bash", f"curvscope reproduce {name}                # quick scale (minutes on 2 CPU cores)",
-                f"curvscope reproduce {name} --scale full   # the papers' data and sizes", "```", ""]  # fmt: skip
+        out += ["```bash", f"curvscope reproduce {name}                # quick scale",
+                f"curvscope reproduce {name} --scale full   # full scale", "```", ""]  # fmt: skip
+        settings = recipe.params("quick")
+        if settings:
+            out += ['??? info "Quick-scale settings"', "", "    ```json"]
+            out += ["    " + line for line in json.dumps(settings, indent=2, default=str).splitlines()]
+            out += ["    ```", ""]
         if name in committed:
             out += _run_section(name, committed.pop(name))
         else:
