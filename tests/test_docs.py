@@ -37,6 +37,20 @@ def test_the_tutorials_have_code():
         assert page in pages, f"{page} has no ```python block"
 
 
+def test_no_python_hides_behind_another_fence():
+    """Only ```python blocks run: Python written as ```py, ```python3 or ```pycon would escape the test."""
+    for page in DOCS.rglob("*.md"):
+        fences = set(re.findall(r"^```(\S*)", page.read_text(), flags=re.M))
+        hidden = fences & {"py", "python3", "pycon", "ipython"}
+        assert not hidden, f"{page.relative_to(DOCS)} has ```{hidden.pop()} blocks: write ```python (runs) or ```text"
+
+
+def test_readme_links_the_docs_after_the_two_commands():
+    head = (ROOT / "README.md").read_text().split("\n## ")[0]
+    assert head.index("make demo") < head.index("make test") < head.index("(docs/index.md)")
+    assert "make docs" in head
+
+
 @pytest.mark.parametrize("page", pages_with_code())
 def test_page_examples_run(page, tmp_path, monkeypatch, capsys):
     for module in NEEDS.get(page, []):
