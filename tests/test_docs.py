@@ -22,7 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.S | re.M)
 #: pages whose examples need an optional package (skipped with the reason when it is missing)
-NEEDS = {"tutorials/transformer.md": ["transformers"], "tutorials/monitoring.md": ["pytorch_lightning", "transformers"]}
+NEEDS = {
+    "tutorials/transformer.md": ["transformers"],
+    "tutorials/monitoring.md": ["pytorch_lightning", "transformers", "accelerate"],  # the HF Trainer needs accelerate
+}
 
 
 def pages_with_code() -> list[str]:
