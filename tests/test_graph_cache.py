@@ -7,6 +7,7 @@ from torch import nn
 import curvscope.operators.graphs as graphs
 from curvscope import GGN, ClassStructure, GradientCovariance, Hessian
 from curvscope.operators import NondeterministicProductError
+from curvscope.operators.curvature import CurvatureOperator
 
 DT = torch.float64
 CE = nn.CrossEntropyLoss()
@@ -33,9 +34,14 @@ class Loader:
 def test_kept_for_a_fixed_list_that_fits_and_only_by_operators_with_a_graph(mlp, monkeypatch):
     assert Hessian(mlp, CE, data()).cache_graphs
     assert not Hessian(mlp, CE, Loader()).cache_graphs
-    assert not GGN(mlp, CE, data()).cache_graphs
+    assert GGN(mlp, CE, data()).cache_graphs  # its linearisation (test_ggn_cached.py)
+
+    class Plain(Hessian):  # an operator without a kept form
+        _gradient_graph = CurvatureOperator._gradient_graph
+
+    assert not Plain(mlp, CE, data()).cache_graphs
     with pytest.raises(ValueError, match="no gradient graph to cache; pass cache_graphs=False"):
-        GGN(mlp, CE, data(), cache_graphs=True)
+        Plain(mlp, CE, data(), cache_graphs=True)
     with pytest.raises(ValueError, match="has no strategy 'cached'"):
         Hessian(mlp, CE, data(), strategy="cached", cache_graphs=False)
     monkeypatch.setattr(graphs, "GRAPH_CACHE_FRACTION", 0.0)  # graphs that would not fit are not kept

@@ -86,11 +86,13 @@ class CurvatureOperator(LinearOperator):
             ``"auto"`` (default: a deterministic rule on the model's layers, the block width and
             the device — bitwise-reproducible, no tuning cost), ``"tune"`` (time the candidates on
             the first batch), or one of ``"vmap"``, ``"loop"``, ``"autograd"``, ``"cached"``,
-            ``"cached_batched"``. The choices made are in :attr:`strategy_record`.
-        cache_graphs: keep each batch's gradient graph between products (operators with a
-            double-backward form). ``None`` (default): when ``data`` is a list or tuple and the
-            graphs of all batches, estimated as 3× the measured activations, fit in a quarter of
-            the free memory. Graphs are rebuilt when a batch or the parameters change.
+            ``"cached_batched"``, ``"linearize"`` (GGN family). The choices made are in
+            :attr:`strategy_record`.
+        cache_graphs: keep each batch's gradient graph between products (the Hessian and the
+            residual: a double-backward graph; the GGN and gradient moment: the batch's
+            linearisation, :mod:`~curvscope.operators.linearised`). ``None`` (default): when
+            ``data`` is a list or tuple and the graphs of all batches, estimated as 3× the measured
+            activations, fit in a quarter of the free memory. Graphs are rebuilt when a batch or the parameters change.
         distributed: sum products over the ranks of the default process group, each rank holding
             a shard of the data (default: when ``torch.distributed`` is initialised with more than
             one process). Bad input on any rank is raised on every rank before work starts.
@@ -180,9 +182,20 @@ class CurvatureOperator(LinearOperator):
         """Optional finite-difference block product (records its error estimate per batch index)."""
         raise NotImplementedError
 
-    def _gradient_graph(self, inputs: Any, targets: Any, n: int) -> tuple[dict[str, Tensor], list[Tensor], list[str]]:
-        """Optional: ``(leaves, outs, keys)`` with ``product · v = VJP of outs with v[keys]`` w.r.t. leaves."""
+    def _gradient_graph(self, inputs: Any, targets: Any, n: int) -> Any:
+        """Optional: the state kept per batch between products (see :meth:`_graph_product`).
+
+        By default ``(leaves, outs, keys)`` with ``product · v = VJP of outs with v[keys]`` w.r.t. leaves.
+        """
         raise NotImplementedError
+
+    #: the kept-state strategies this operator has (when its graphs are kept).
+    _graph_strategies: tuple[str, ...] = ("cached", "cached_batched")
+
+    def _graph_product(self, state: Any, V: TangentDict, strategy: str) -> TangentDict:
+        """A block product through a batch's kept state (the default: one VJP through a gradient graph)."""
+        leaves, outs, keys = state
+        return graph_vjp(leaves, outs, keys, V, batched=strategy == "cached_batched", retain=True)
 
     # ----------------------------------------------------------- what is measured
     def fingerprint(self) -> dict:
@@ -333,8 +346,8 @@ class CurvatureOperator(LinearOperator):
 
     def _apply(self, strategy: str, index: int, raw: Batch, inputs: Any, targets: Any, n: int, V: TangentDict):
         if strategy in CACHED:
-            leaves, outs, keys = self._graphs.get(index, tuple(_tensor_leaves(raw)), inputs, targets, n)
-            return graph_vjp(leaves, outs, keys, V, batched=strategy == "cached_batched", retain=True)
+            state = self._graphs.get(index, tuple(_tensor_leaves(raw)), inputs, targets, n)
+            return self._graph_product(state, V, strategy)
         if strategy == "autograd":
             return self._autograd_block(inputs, targets, n, V)
         if strategy == "fd":
@@ -363,7 +376,7 @@ class CurvatureOperator(LinearOperator):
     def _strategies(self) -> list[str]:
         has_autograd = type(self)._autograd_block is not CurvatureOperator._autograd_block
         has_fd = type(self)._fd_block is not CurvatureOperator._fd_block and self.method != "exact"
-        cached = list(CACHED) if self.cache_graphs else []
+        cached = [s for s in self._graph_strategies if s in CACHED] if self.cache_graphs else []
         available = ["vmap", "loop"] + (["autograd"] if has_autograd else []) + cached + (["fd"] if has_fd else [])
         return [s for s in STRATEGIES if s in available]
 

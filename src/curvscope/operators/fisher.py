@@ -14,13 +14,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vjp
 
-from curvscope.operators.curvature import CurvatureOperator, TangentDict
-from curvscope.operators.lossgrad import output_residual, require_tensor_outputs
+from curvscope.operators.ggn import LinearisedOperator
+from curvscope.operators.lossgrad import output_residual
 
 
-class GradientMoment(CurvatureOperator):
+class GradientMoment(LinearisedOperator):
     """``M = (1/N) Σ_i ∇ℓ_i ∇ℓ_iᵀ`` (empirical Fisher; Sagun's gradient second moment), PSD.
 
     Arguments as :class:`~curvscope.operators.curvature.CurvatureOperator`.
@@ -43,7 +42,7 @@ class GradientMoment(CurvatureOperator):
         True
     """
 
-    def _batch_setup(self, inputs: Any, targets: Any, n: int) -> Any:
+    def _output_operator(self, outputs: Any, targets: Any, n: int):
         problem = self.problem
         if problem.loss.unit_name != "samples":
             # g_iᵀv below sums over every output dimension but the first: one gradient per sequence
@@ -51,20 +50,9 @@ class GradientMoment(CurvatureOperator):
                 f"{type(self).__name__} is defined per sample (one gradient per row of the batch), but the loss "
                 f"units are {problem.loss.unit_name}: pass units='samples' (per-sequence gradients)"
             )
-
-        def f(p):
-            return problem.forward(p, inputs)
-
-        outputs, vjp_fn = vjp(f, problem.values)
-        outputs = require_tensor_outputs(outputs, type(self).__name__)
-        return f, vjp_fn, output_residual(problem, outputs, targets, n)
-
-    def _single_product(self, state: Any, inputs: Any, targets: Any, n: int, v: TangentDict) -> TangentDict:
-        f, vjp_fn, r = state
-        Jv = jvp(f, (self.problem.values,), (v,))[1]
+        r = output_residual(problem, outputs, targets, n)
         dims = tuple(range(1, r.ndim))
-        s = (r * Jv).sum(dim=dims, keepdim=True)  # g_iᵀ v per sample
-        return vjp_fn(r * s)[0]
+        return lambda U: r * (r * U).sum(dim=dims, keepdim=True)  # r_i (g_iᵀ v) per sample
 
 
 class GradientCovariance(GradientMoment):

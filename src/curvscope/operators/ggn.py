@@ -4,19 +4,64 @@
 cross-entropy and MSE, autodiff otherwise), then a vector–Jacobian product. ``H_res`` is
 its own operator: ``H_res v = ∇²_θ ⟨r, f(θ)⟩ v`` with the output residual ``r = ∇_f ℓ`` held
 fixed — exactly ``Σ_c r_c ∇²_θ f_c`` applied to ``v`` — at the cost of one HVP.
+
+For a fixed list of batches both keep per-batch state between products (``cache_graphs``, the
+Hessian's rules: rebuilt when a batch or a parameter changes, kept only within the memory budget):
+the GGN its linearisation (:mod:`curvscope.operators.linearised`: a product is one ``J v`` plus one
+backward, no forward pass), the residual the gradient graph of ``⟨r, f(θ)⟩``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch.func import grad, jvp, vjp
 
-from curvscope.operators.curvature import CurvatureOperator, TangentDict
+from curvscope.operators.curvature import CurvatureOperator, TangentDict, gradient_graph
+from curvscope.operators.linearised import Linearisation
 from curvscope.operators.lossgrad import output_hessian_fn, output_residual, require_tensor_outputs
 
 
-class GGN(CurvatureOperator):
+class LinearisedOperator(CurvatureOperator):
+    """``(1/N) Σ_b J_bᵀ B_b J_b`` for an output-space matrix ``B_b`` (:meth:`_output_operator`).
+
+    Subclasses (GGN, gradient moment) give ``B_b``; products by ``torch.func`` transforms
+    (``vmap``/``loop``) or through the batch's kept :class:`~curvscope.operators.linearised.Linearisation`
+    (``cached``, ``cached_batched``, ``linearize``).
+    """
+
+    _graph_strategies = ("cached", "cached_batched", "linearize")
+
+    def _output_operator(self, outputs: Any, targets: Any, n: int):
+        """``U ↦ B_b U`` for output-shaped ``U``, from the batch's (detached) outputs."""
+        raise NotImplementedError
+
+    def _batch_setup(self, inputs: Any, targets: Any, n: int) -> Any:
+        problem = self.problem
+
+        def f(p):
+            return problem.forward(p, inputs)
+
+        outputs, vjp_fn = vjp(f, problem.values)
+        outputs = require_tensor_outputs(outputs, type(self).__name__)
+        return f, vjp_fn, self._output_operator(outputs.detach(), targets, n)
+
+    def _single_product(self, state: Any, inputs: Any, targets: Any, n: int, v: TangentDict) -> TangentDict:
+        f, vjp_fn, apply_B = state
+        Jv = jvp(f, (self.problem.values,), (v,))[1]
+        return vjp_fn(apply_B(Jv))[0]
+
+    def _gradient_graph(self, inputs: Any, targets: Any, n: int) -> Linearisation:
+        return Linearisation(
+            self.problem, inputs, type(self).__name__, lambda outputs: self._output_operator(outputs, targets, n)
+        )
+
+    def _graph_product(self, state: Linearisation, V: TangentDict, strategy: str) -> TangentDict:
+        return state.product(V, strategy)
+
+
+class GGN(LinearisedOperator):
     """Gauss–Newton ``G = (1/N) Σ_i J_iᵀ ∇²_f ℓ_i J_i`` (PSD for convex losses), ``[D, D]``.
 
     For cross-entropy ``∇²_f ℓ = diag(p) − ppᵀ``; for MSE a multiple of ``I``.
@@ -34,20 +79,8 @@ class GGN(CurvatureOperator):
         True
     """
 
-    def _batch_setup(self, inputs: Any, targets: Any, n: int) -> Any:
-        problem = self.problem
-
-        def f(p):
-            return problem.forward(p, inputs)
-
-        outputs, vjp_fn = vjp(f, problem.values)
-        outputs = require_tensor_outputs(outputs, "GGN")
-        return f, vjp_fn, output_hessian_fn(problem, outputs, targets, n)
-
-    def _single_product(self, state: Any, inputs: Any, targets: Any, n: int, v: TangentDict) -> TangentDict:
-        f, vjp_fn, apply_A = state
-        Jv = jvp(f, (self.problem.values,), (v,))[1]
-        return vjp_fn(apply_A(Jv))[0]
+    def _output_operator(self, outputs: Any, targets: Any, n: int):
+        return output_hessian_fn(self.problem, outputs, targets, n)
 
 
 class Residual(CurvatureOperator):
@@ -77,3 +110,10 @@ class Residual(CurvatureOperator):
 
     def _single_product(self, state: Any, inputs: Any, targets: Any, n: int, v: TangentDict) -> TangentDict:
         return jvp(state, (self.problem.values,), (v,))[1]
+
+    def _gradient_graph(self, inputs: Any, targets: Any, n: int):
+        problem = self.problem
+        with torch.no_grad():
+            outputs = require_tensor_outputs(problem.forward(problem.values, inputs), "Residual")
+        r = output_residual(problem, outputs, targets, n)
+        return gradient_graph(lambda p: (r * problem.forward(p, inputs)).sum(), problem.values)

@@ -26,7 +26,8 @@ ACTIVATION_COPIES = 3
 #: Share of the available memory the retained gradient graphs of all batches may use.
 GRAPH_CACHE_FRACTION = 0.25
 
-GraphBuilder = Callable[[Any, Any, int], tuple[dict[str, Tensor], list[Tensor], list[str]]]
+#: ``(inputs, targets, n) -> state``: the Hessian's ``(leaves, outs, keys)``, the GGN's linearisation.
+GraphBuilder = Callable[[Any, Any, int], Any]
 
 
 def tensor_key(tensors: Iterable[Tensor]) -> tuple[tuple[int, int], ...]:
@@ -38,17 +39,16 @@ def tensor_key(tensors: Iterable[Tensor]) -> tuple[tuple[int, int], ...]:
 class _Entry:
     batch: tuple[Tensor, ...]  # held so that the ids in the key stay unique
     key: tuple
-    leaves: dict[str, Tensor]
-    outs: list[Tensor]
-    keys: list[str]
+    state: Any  # what the builder returned (graphs, closures), valid for ``key`` only
 
 
 class GraphCache:
     """Per-batch retained gradient graphs, rebuilt whenever the batch or the parameters changed.
 
     Args:
-        build: ``(inputs, targets, n) -> (leaves, outs, keys)``, the graph of one batch (see
-            :func:`curvscope.operators.autodiff.gradient_graph`).
+        build: ``(inputs, targets, n) -> state``, the retained graph of one batch: ``(leaves, outs,
+            keys)`` for the Hessian (:func:`curvscope.operators.autodiff.gradient_graph`), a
+            :class:`~curvscope.operators.linearised.Linearisation` for the Gauss–Newton family.
         parameters: the operator's parameter snapshot (its version counters are part of the key).
     """
 
@@ -64,16 +64,16 @@ class GraphCache:
         return need <= GRAPH_CACHE_FRACTION * available_bytes(device)
 
     def get(self, index: int, batch: tuple[Tensor, ...], inputs: Any, targets: Any, n: int):
-        """``(leaves, outs, keys)`` of batch ``index``, built on first use or when stale."""
+        """The state of batch ``index`` (what ``build`` returned), built on first use or when stale."""
         key = (tensor_key(batch), tensor_key(self._params))
         entry = self._entries.get(index)
         if entry is None or entry.key != key:
             if entry is not None and entry.key[1] != key[1]:
                 self._entries.clear()  # parameters edited in place: every graph is stale
-            leaves, outs, keys = self._build(inputs, targets, n)
-            entry = _Entry(tuple(batch), key, leaves, outs, keys)
+            self._entries.pop(index, None)  # release the stale graph before building its successor
+            entry = _Entry(tuple(batch), key, self._build(inputs, targets, n))
             self._entries[index] = entry
-        return entry.leaves, entry.outs, entry.keys
+        return entry.state
 
     def clear(self) -> None:
         """Release every graph (rebuilt on the next product)."""

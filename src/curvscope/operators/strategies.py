@@ -6,7 +6,10 @@ A curvature operator can compute a batch's product several ways:
 - ``"loop"``: the same ``torch.func`` product, one vector at a time;
 - ``"autograd"``: plain autograd double backward (reverse-over-reverse), block-batched;
 - ``"cached"`` / ``"cached_batched"``: one backward through the batch's retained gradient graph
-  (:mod:`curvscope.operators.graphs`), per vector or ``is_grads_batched``;
+  (:mod:`curvscope.operators.graphs`), per vector or ``is_grads_batched``; for the Gauss–Newton
+  family (GGN, gradient moment) the retained outputs graph, ``J v`` by a double vjp;
+- ``"linearize"`` (Gauss–Newton family): ``J v`` by a kept :func:`torch.func.linearize` graph, ``Jᵀ u``
+  through the retained outputs graph (:mod:`curvscope.operators.linearised`);
 - ``"fd"``: a central difference of two gradients (:mod:`curvscope.operators.finite_difference`),
   the last resort when no exact product can be formed — never chosen silently (a warning says so
   and the estimated error is recorded on the operator).
@@ -17,6 +20,9 @@ tuning. The rule rests on measurements of ``benchmarks/matvec.py`` (CPU, 2 threa
 fastest per vector on dense nets but ~2.5× slower than a loop on convolutions; double backward beats
 ``jvp∘grad`` for single products (4.2× vs 5.3× a gradient on a 301k MLP); a retained graph makes a
 single HVP ~1.2× a gradient, and on a CPU batching through it is dearer per vector than a loop.
+For the Gauss–Newton family a retained linearisation makes a product ≈ one forward-mode pass plus
+one backward: the double vjp is fastest on dense nets, ``linearize`` on convolutions (the double
+backward of a convolution is dear; :mod:`curvscope.operators.linearised` has the numbers).
 ``strategy="tune"`` times the candidates on the first batch instead (the old behaviour); either way
 the choice is recorded (:attr:`StrategyChooser.record`).
 
@@ -38,9 +44,11 @@ import torch
 
 logger = logging.getLogger("curvscope")
 
-STRATEGIES = ("vmap", "loop", "autograd", "cached", "cached_batched", "fd")
-#: Strategies that reuse a retained gradient graph (one vector at a time, or batched).
-CACHED = ("cached", "cached_batched")
+STRATEGIES = ("vmap", "loop", "autograd", "cached", "cached_batched", "linearize", "fd")
+#: Strategies that reuse per-batch state kept between products: a retained gradient graph (one vector
+#: at a time, or batched), or for the Gauss–Newton family a retained linearisation
+#: (:mod:`curvscope.operators.linearised`; ``"linearize"`` is its ``torch.func.linearize`` form).
+CACHED = ("cached", "cached_batched", "linearize")
 SELECTIONS = ("auto", "tune", *STRATEGIES)
 
 #: Message fragments of errors that mean "this transform cannot run this model", not a user bug.
@@ -114,6 +122,10 @@ def rule_order(
     if cached:
         batched_first = width > 1 and device.type == "cuda"
         order += ["cached_batched", "cached"] if batched_first else ["cached", "cached_batched"]
+        if convolutional:  # convolution double backward is dear: the traced tangent pass wins there
+            order.insert(0, "linearize")
+        else:
+            order.append("linearize")
     if width == 1:
         order += ["autograd", "loop", "vmap"]
     elif convolutional:
