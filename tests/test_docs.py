@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -88,23 +89,40 @@ def test_gallery_lists_every_reproduction_and_renders_committed_runs(tmp_path):
     run.mkdir(parents=True)
     (run / "report.html").write_text("<html></html>")
     (run / "results.json").write_text(
-        '{"config": {"scale": "full"}, "wall_seconds": 1830.0, "finished": "2026-12-02T10:00:00", "claims": '
+        '{"wall_seconds": 1830.0, "finished": "2026-12-02T10:00:00", "claims": '
         '[{"name": "outliers_track_classes", "kind": "paper", "verdict": "fail", '
         '"statement": "C outliers | C classes"}]}'
     )
+    (run / "config.json").write_text('{"experiment": "sagun2016", "scale": "full", "seed": 0}')
     (tmp_path / "reproductions" / "extra-run").mkdir()
     text = gallery.render(tmp_path)
-    assert "[report](sagun2016/report.html)" in text and "wall time 30.5 min" in text
+    assert "[report](sagun2016/report.html)" in text and "scale `full`, wall time 30.5 min" in text
     assert "| `outliers_track_classes` | paper | **fail** | C outliers \\| C classes |" in text
     assert "## extra-run" in text and "no report or results.json yet" in text
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs not installed (`make docs` installs it)")
-def test_site_builds_strict(tmp_path):
+def test_site_builds_strict_with_a_committed_report(tmp_path):
+    """``mkdocs build --strict`` of the docs as they are, plus a full-scale run committed under reproductions/."""
+    shutil.copytree(DOCS, tmp_path / "docs", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    (tmp_path / "src").symlink_to(ROOT / "src")
+    run = tmp_path / "docs" / "reproductions" / "sagun2016"
+    (run / "figures").mkdir(parents=True, exist_ok=True)
+    (run / "report.html").write_text("<html><body>report</body></html>")
+    (run / "figures" / "spectrum.png").write_bytes(b"\x89PNG")
+    (run / "config.json").write_text('{"experiment": "sagun2016", "scale": "full", "seed": 0}')
+    (run / "results.json").write_text(
+        '{"wall_seconds": 95.0, "claims": [{"name": "bulk", "kind": "paper", "passed": true}]}'
+    )
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
+                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for page in ("index.html", "getting-started.html", "api/operators.html", "reproductions/index.html", "faults.html"):
-        assert (tmp_path / "site" / page).exists(), page
-    assert 'id="curvscope.operators.Hessian"' in (tmp_path / "site" / "api" / "operators.html").read_text()
+    site = tmp_path / "site"
+    for page in ("index.html", "getting-started.html", "api/operators.html", "faults.html", "science.html"):
+        assert (site / page).exists(), page
+    assert 'id="curvscope.operators.Hessian"' in (site / "api" / "operators.html").read_text()
+    gallery = (site / "reproductions" / "index.html").read_text()
+    assert 'href="sagun2016/report.html"' in gallery and (site / "reproductions" / "sagun2016" / "report.html").exists()
+    assert "wall time 1.6 min" in gallery and "<strong>pass</strong>" in gallery

@@ -47,8 +47,11 @@ def _run_section(name: str, folder: Path) -> list[str]:
     except (OSError, ValueError) as err:
         results = {}
         links.append(f"(results.json unreadable: {_cell(err)})")
-    config = results.get("config", {}) if isinstance(results.get("config"), dict) else {}
-    scale = config.get("scale", results.get("scale", "?"))
+    scale = results.get("scale", "?")
+    try:  # a run directory keeps what was asked (experiment, scale, seed) in config.json
+        scale = json.loads((folder / "config.json").read_text()).get("scale", scale)
+    except (OSError, ValueError, AttributeError):
+        pass
     lines.append(
         f"**Committed run** ({', '.join(links) or 'no report or results.json yet'}): scale `{scale}`, "
         f"wall time {_duration(results.get('wall_seconds'))}, finished {results.get('finished', 'not recorded')}."
