@@ -99,6 +99,9 @@ def test_gallery_lists_every_reproduction_and_renders_committed_runs(tmp_path):
     assert "[report](sagun2016/report.html)" in text and "scale `full`, wall time 30.5 min" in text
     assert "| `outliers_track_classes` | paper | **fail** | C outliers \\| C classes |" in text
     assert "## extra-run" in text and "no report or results.json yet" in text
+    assert "| [sagun2016](sagun2016/report.html) | `full` | 30.5 min | 0 of 1 | 1 fail |" in text
+    assert "| extra-run | `?` | not recorded | 0 of 0 | no claims |" in text
+    assert "## Committed runs" not in empty
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs not installed (`make docs` installs it)")

@@ -32,14 +32,12 @@ def _duration(seconds: Any) -> str:
     return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
-def _run_section(name: str, folder: Path) -> list[str]:
-    """The lines for one committed run directory ``docs/reproductions/<name>/``."""
-    lines: list[str] = []
-    report = folder / "report.html"
-    results_file = folder / "results.json"
+def _load(name: str, folder: Path) -> tuple[dict, str, list[str]]:
+    """``(results, scale, links)`` of one committed run directory ``docs/reproductions/<name>/``."""
     links = []
-    if report.exists():
+    if (folder / "report.html").exists():
         links.append(f"[report]({name}/report.html)")
+    results_file = folder / "results.json"
     if results_file.exists():
         links.append(f"[results.json]({name}/results.json)")
     try:
@@ -52,21 +50,51 @@ def _run_section(name: str, folder: Path) -> list[str]:
         scale = json.loads((folder / "config.json").read_text()).get("scale", scale)
     except (OSError, ValueError, AttributeError):
         pass
-    lines.append(
+    return results, str(scale), links
+
+
+def _verdict(claim: dict) -> str:
+    passed = claim.get("passed")
+    return claim.get("verdict") or ("reported" if passed is None else ("pass" if passed else "fail"))
+
+
+def _run_section(name: str, folder: Path) -> list[str]:
+    """The lines for one committed run directory ``docs/reproductions/<name>/``."""
+    results, scale, links = _load(name, folder)
+    lines = [
         f"**Committed run** ({', '.join(links) or 'no report or results.json yet'}): scale `{scale}`, "
         f"wall time {_duration(results.get('wall_seconds'))}, finished {results.get('finished', 'not recorded')}."
-    )
+    ]
     claims = results.get("claims") or []
     if claims:
         lines += ["", "| claim | kind | verdict | statement |", "| --- | --- | --- | --- |"]
         for c in claims:
-            passed = c.get("passed")
-            verdict = c.get("verdict") or ("reported" if passed is None else ("pass" if passed else "fail"))
             lines.append(
-                f"| `{_cell(c.get('name', '?'))}` | {_cell(c.get('kind', 'paper'))} | **{_cell(verdict)}** "
+                f"| `{_cell(c.get('name', '?'))}` | {_cell(c.get('kind', 'paper'))} | **{_cell(_verdict(c))}** "
                 f"| {_cell(c.get('statement', ''))} |"
             )
     return lines
+
+
+def _summary(committed: dict[str, Path]) -> list[str]:
+    """One row per committed run: scale, wall time, and the verdicts of its paper claims and of all claims."""
+    if not committed:
+        return []
+    lines = ["## Committed runs", "", "| run | scale | wall time | paper claims passed | all verdicts |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, folder in committed.items():
+        results, scale, _ = _load(name, folder)
+        claims = results.get("claims") or []
+        paper = [c for c in claims if c.get("kind", "paper") == "paper"]
+        passed = sum(_verdict(c) == "pass" for c in paper)
+        counts: dict[str, int] = {}
+        for c in claims:
+            counts[_verdict(c)] = counts.get(_verdict(c), 0) + 1
+        verdicts = ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) or "no claims"
+        title = f"[{name}]({name}/report.html)" if (folder / "report.html").exists() else name
+        lines.append(f"| {title} | `{scale}` | {_duration(results.get('wall_seconds'))} | {passed} of {len(paper)} "
+                     f"| {verdicts} |")  # fmt: skip
+    return [*lines, ""]
 
 
 def render(docs_dir: Path) -> str:
@@ -75,7 +103,7 @@ def render(docs_dir: Path) -> str:
 
     root = docs_dir / "reproductions"
     committed = {p.name: p for p in sorted(root.iterdir()) if p.is_dir()} if root.exists() else {}
-    out: list[str] = []
+    out: list[str] = _summary(committed)
     for name in registry.names():
         recipe = registry.get(name)
         if not recipe.papers:  # the demo is no reproduction
