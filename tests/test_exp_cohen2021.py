@@ -50,7 +50,20 @@ def test_claim_rules(tmp_path, lam, loss, certified, expected):
     assert (v["mse_sharpening"], v["mse_edge"], v["mse_loss"]) == expected
 
 
-TINY = cohen2021.Settings(samples=100, steps={"mse": 60, "ce": 40}, lrs={"mse": (0.7,), "ce": (2.0,)}, every=10)
+def test_late_drop_is_asserted_only_when_the_loss_approached_zero(tmp_path):
+    lam = [1.0, 2.0, 3.0, 3.9, 4.1, 4.0, 2.0, 1.0]  # 2/η = 4: the edge, then a drop to 0.25·2/η
+    verdicts = []
+    for i, final_loss in enumerate((0.01, 0.3)):
+        loss = [1.0 - 0.0099 * t + (0.001 if t % 7 == 0 else 0.0) for t in range(59)] + [final_loss]
+        run = RunDir(tmp_path / str(i))
+        cohen2021._claims(run, "ce", 0.5, _record(lam, loss))
+        verdicts.append({c["name"]: c["verdict"] for c in run.results["claims"]}["ce_late_drop"])
+    assert verdicts == ["pass", "reported"]
+
+
+# Both losses on the built-in mixture, so the miniature needs no dataset on disk.
+TINY = cohen2021.Settings(datasets={"mse": ("gmm", 100), "ce": ("gmm", 100)}, steps={"mse": 60, "ce": 40},
+                          lrs={"mse": (0.7,), "ce": (2.0,)}, every=10)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

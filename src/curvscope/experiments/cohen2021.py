@@ -12,10 +12,17 @@ Networks Typically Occurs at the Edge of Stability" (ICLR 2021; arXiv:2103.00065
 - §3 (cross-entropy): with cross-entropy the same happens, but the sharpness drops late in
   training, as the loss approaches zero (claim ``…_late_drop``).
 
-What is measured. An MLP (30-32-32-10, tanh) on a fixed class-balanced subset of the built-in
-Gaussian-mixture dataset (10 overlapping classes, spread 0.4, d = 30), trained by full-batch
-gradient descent (plain ``torch.optim.SGD`` on the whole subset) with the MSE loss
-``½‖f(x) − onehot(y)‖²`` (mean over samples) and with cross-entropy, three step sizes each.
+What is measured. An MLP (d-32-32-10, tanh) trained by full-batch gradient descent (plain
+``torch.optim.SGD`` on a fixed class-balanced subset) with the MSE loss ``½‖f(x) − onehot(y)‖²``
+(mean over samples) on the built-in Gaussian mixture (10 overlapping classes, spread 0.4,
+d = 30), and with cross-entropy on Fashion-MNIST (d = 784; the paper's cross-entropy runs use a
+5k subset of CIFAR-10 with the same kind of network), three step sizes each. Cross-entropy needs
+the harder data: on the Gaussian mixture the network fits every sample within a few dozen steps,
+the loss approaches zero and the sharpness *falls* from its initial value — the regime the paper
+describes only for the end of training — so neither sharpening nor the edge can be observed
+there (measured: λ_max/(2/η) went from 0.35–0.52 at step 0 to 0.02–0.06 by step 250). The step
+sizes put 2/η above the initial sharpness (the premise of progressive sharpening), between about
+1.5× and 3× of it, so that sharpening must happen before the edge can be reached.
 λ_max is measured every few steps by :class:`curvscope.monitor.CurvatureMonitor` on the
 training subset itself (Lanczos warm-started from the previous top eigenvector, certified to a
 relative residual of 1e-3).
@@ -27,8 +34,13 @@ loss (lower at the end than when the edge was reached, with step-to-step increas
 a ``sanity`` claim that every measurement was certified, and a ``regression`` guard that warm
 measurements cost fewer products than cold ones.
 
-Scales. ``quick`` (≤ 3 min on 2 idle cores): 300 samples, MSE 400 steps, cross-entropy 250 steps,
-λ_max every 10 steps. ``full``: the 2000-sample dataset, 3000 and 2000 steps, every 10.
+The late drop of the sharpness under cross-entropy is asserted only when the run's loss did
+approach zero (final loss < 0.05); otherwise it is reported, not tested.
+
+Scales. ``quick`` (≤ 3 min on 2 idle cores): MSE on 300 mixture samples for 400 steps,
+cross-entropy on 500 Fashion-MNIST images for 200 steps, λ_max every 10 steps. ``full``: the
+2000-sample mixture for 3000 steps and 5000 Fashion-MNIST images (the paper's subset size) for
+2000 steps, every 10.
 """
 
 from __future__ import annotations
@@ -60,7 +72,7 @@ class HalfSquaredError(nn.Module):
 class Settings:
     """The recipe's parameters at one scale."""
 
-    samples: int
+    datasets: dict  # loss -> (dataset name, class-balanced subset size)
     steps: dict
     lrs: dict
     every: int = 10
@@ -69,11 +81,13 @@ class Settings:
 
 
 def settings(scale: str) -> Settings:
-    """Quick: 500 samples and a few hundred steps; full: 2000 samples, thousands of steps."""
-    lrs = {"mse": (0.5, 0.6, 0.7), "ce": (1.5, 2.0, 3.0)}
+    """Quick: a few hundred samples and steps; full: thousands of samples and steps."""
+    lrs = {"mse": (0.5, 0.6, 0.7), "ce": (0.2, 0.3, 0.4)}
     if scale == "quick":
-        return Settings(samples=300, steps={"mse": 400, "ce": 250}, lrs=lrs)
-    return Settings(samples=2000, steps={"mse": 3000, "ce": 2000}, lrs=lrs)
+        data = {"mse": ("gmm", 300), "ce": ("fashion-mnist", 500)}
+        return Settings(datasets=data, steps={"mse": 400, "ce": 200}, lrs=lrs)
+    data = {"mse": ("gmm", 2000), "ce": ("fashion-mnist", 5000)}
+    return Settings(datasets=data, steps={"mse": 3000, "ce": 2000}, lrs=lrs)
 
 
 def _gd(X, y, loss_name: str, lr: float, steps: int, s: Settings, seed: int) -> dict:
@@ -133,10 +147,12 @@ def _claims(run: RunDir, key: str, lr: float, r: dict) -> None:
                     f"[0.9, 1.2] is this project's", inputs=status, kind="regression"))  # fmt: skip
     if key.startswith("ce"):
         final, last_loss = (lam[-1] / thr).item(), loss[-1].item()
+        near_zero = last_loss < 0.05  # the statement is about the end of training, as the loss approaches zero
         run.claim(Claim(f"{key}_late_drop", f"{where}: with cross-entropy the sharpness falls well below 2/η late in "
                         f"training, as the loss approaches zero", {"final_ratio": round(final, 4),
-                        "final_loss": round(last_loss, 5)}, "final λ_max/(2/η) < 0.5 with final loss < 0.05",
-                        final < 0.5 and last_loss < 0.05, f"{SOURCE}, §3 (cross-entropy); thresholds are this "
+                        "final_loss": round(last_loss, 5)}, "final λ_max/(2/η) < 0.5, asserted only when the final "
+                        "loss is < 0.05 (reported otherwise: this run did not approach zero loss)",
+                        final < 0.5 if near_zero else None, f"{SOURCE}, §3 (cross-entropy); thresholds are this "
                         f"project's", inputs=status, kind="regression"))  # fmt: skip
     tail = loss[t_edge:]
     ups = int((tail[1:] > tail[:-1]).sum())
@@ -164,17 +180,22 @@ def _figures(run: RunDir, s: Settings) -> None:
                           caption=f"{label}: full-batch training loss (log scale)"))  # fmt: skip
 
 
+def _training_set(name: str, samples: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed class-balanced subset, inputs flattened to ``[n, d]`` (the network is an MLP)."""
+    data = load_dataset(name, spread=0.4) if name == "gmm" else load_dataset(name)
+    data = balanced_subset(data, samples, seed=seed) if samples < len(data) else data
+    return data.x.reshape(len(data.y), -1).to(device), data.y.to(device)
+
+
 def run_cohen(run: RunDir, ctx: Context) -> None:
     """Full-batch GD on a fixed subset, MSE and cross-entropy, three step sizes; λ_max against 2/η."""
     s = settings(ctx.scale)
-    data = load_dataset("gmm", spread=0.4)
-    data = balanced_subset(data, s.samples, seed=ctx.seed) if s.samples < len(data) else data
-    X, y = data.x.to(ctx.device), data.y.to(ctx.device)
     warm, cold = [], []
     for loss_name in ("mse", "ce"):
+        X, y = _training_set(*s.datasets[loss_name], seed=ctx.seed, device=ctx.device)
         for lr in s.lrs[loss_name]:
             key = f"{loss_name}_lr{lr:g}"
-            r = run.step(key, lambda ln=loss_name, lr=lr: _gd(X, y, ln, lr, s.steps[ln], s, ctx.seed))
+            r = run.step(key, lambda ln=loss_name, lr=lr, X=X, y=y: _gd(X, y, ln, lr, s.steps[ln], s, ctx.seed))
             _claims(run, key, lr, r)
             warm.extend(r["matvecs"][1:].tolist())
             cold.append(r["matvecs"][0].item())
