@@ -38,6 +38,7 @@ from curvscope.operators.autodiff import (
 )
 from curvscope.operators.base import LinearOperator
 from curvscope.operators.batches import Batch, _tensor_leaves
+from curvscope.operators.compiled import CompiledProduct, check_compile
 from curvscope.operators.graphs import ACTIVATION_COPIES, GRAPH_CACHE_FRACTION, GraphCache
 from curvscope.operators.probe import NondeterministicProductError, ProbeReport, run_probe
 from curvscope.operators.problem import LossProblem
@@ -98,6 +99,10 @@ class CurvatureOperator(LinearOperator):
             one process). Bad input on any rank is raised on every rank before work starts.
         allow_tf32: let CUDA matmuls/convolutions use TF32 inside products (default off: TF32
             keeps 10 mantissa bits, too coarse for eigenvalue certificates). Flags are restored.
+        compile: compile each batch's ``torch.func`` product with ``torch.compile`` (strategy
+            ``"compiled"``, tried first; :mod:`~curvscope.operators.compiled`). Raises at
+            construction when inductor cannot run here (no C++ compiler on a CPU, no Triton on a
+            GPU); a model the compiler cannot handle falls back to the rule with a warning.
         method: ``"auto"`` (default: exact products; only if every exact strategy fails for a
             benign reason — a fused kernel or custom function without double backward — a
             finite-difference product, with a warning), ``"exact"`` (never finite differences),
@@ -125,6 +130,7 @@ class CurvatureOperator(LinearOperator):
         problem: LossProblem | None = None,
         cache_graphs: bool | None = None,
         method: str = "auto",
+        compile: bool = False,
         **problem_kwargs: Any,
     ) -> None:
         if method not in METHODS:
@@ -144,6 +150,10 @@ class CurvatureOperator(LinearOperator):
             raise ValueError(f"max_block must be >= 1, got {max_block}")
         self.max_block = int(max_block)
         self.allow_tf32 = bool(allow_tf32)
+        self.compile = bool(compile)
+        if self.compile:
+            check_compile(problem.device)
+        self._compiled: CompiledProduct | None = None
         self.cache_graphs = self._graph_cache_fits() if cache_graphs is None else bool(cache_graphs)
         if self.cache_graphs and not self._has_graph():
             raise ValueError(f"{type(self).__name__} has no gradient graph to cache; pass cache_graphs=False")
@@ -350,11 +360,24 @@ class CurvatureOperator(LinearOperator):
             return self._graph_product(state, V, strategy)
         if strategy == "autograd":
             return self._autograd_block(inputs, targets, n, V)
+        if strategy == "compiled":
+            if self._compiled is None:
+                self._compiled = CompiledProduct(self._compilable_block)
+            return self._compiled(inputs, targets, n, V)
         if strategy == "fd":
             return self._fd_block(index, inputs, targets, n, V, richardson=self.method == "fd_richardson")
-        state = self._batch_setup(inputs, targets, n)
         if strategy == "vmap":
+            state = self._batch_setup(inputs, targets, n)
             return vmap(lambda v: self._single_product(state, inputs, targets, n, v))(V)
+        return self._loop_product(inputs, targets, n, V)
+
+    def _compilable_block(self, inputs: Any, targets: Any, n: int, V: TangentDict) -> TangentDict:
+        """The block product ``torch.compile`` traces (default: :meth:`_loop_product`)."""
+        return self._loop_product(inputs, targets, n, V)
+
+    def _loop_product(self, inputs: Any, targets: Any, n: int, V: TangentDict) -> TangentDict:
+        """The ``torch.func`` product of one batch, one vector at a time (eager, or compiled)."""
+        state = self._batch_setup(inputs, targets, n)
         K = next(iter(V.values())).shape[0]
         outs = [self._single_product(state, inputs, targets, n, {k: v[i] for k, v in V.items()}) for i in range(K)]
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
@@ -378,6 +401,7 @@ class CurvatureOperator(LinearOperator):
         has_fd = type(self)._fd_block is not CurvatureOperator._fd_block and self.method != "exact"
         cached = [s for s in self._graph_strategies if s in CACHED] if self.cache_graphs else []
         available = ["vmap", "loop"] + (["autograd"] if has_autograd else []) + cached + (["fd"] if has_fd else [])
+        available += ["compiled"] if self.compile else []
         return [s for s in STRATEGIES if s in available]
 
     def _graph_cache_fits(self) -> bool:

@@ -52,6 +52,21 @@ class LinearisedOperator(CurvatureOperator):
         Jv = jvp(f, (self.problem.values,), (v,))[1]
         return vjp_fn(apply_B(Jv))[0]
 
+    def _compilable_block(self, inputs: Any, targets: Any, n: int, V: TangentDict) -> TangentDict:
+        # torch.compile cannot lower a torch.func.vjp closure ("Cannot access storage of TensorWrapper"):
+        # Jᵀw as the gradient of ⟨f(θ), w⟩ instead, with the outputs from the jvp's primal.
+        problem = self.problem
+
+        def f(p):
+            return problem.forward(p, inputs)
+
+        outs = []
+        for i in range(next(iter(V.values())).shape[0]):
+            outputs, Jv = jvp(f, (problem.values,), ({k: t[i] for k, t in V.items()},))
+            w = self._output_operator(outputs.detach(), targets, n)(Jv)
+            outs.append(grad(lambda p, w=w: (f(p) * w).sum())(problem.values))
+        return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+
     def _gradient_graph(self, inputs: Any, targets: Any, n: int) -> Linearisation:
         return Linearisation(
             self.problem, inputs, type(self).__name__, lambda outputs: self._output_operator(outputs, targets, n)

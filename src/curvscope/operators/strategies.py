@@ -10,6 +10,8 @@ A curvature operator can compute a batch's product several ways:
   family (GGN, gradient moment) the retained outputs graph, ``J v`` by a double vjp;
 - ``"linearize"`` (Gauss–Newton family): ``J v`` by a kept :func:`torch.func.linearize` graph, ``Jᵀ u``
   through the retained outputs graph (:mod:`curvscope.operators.linearised`);
+- ``"compiled"`` (``compile=True`` only): the ``loop`` product through ``torch.compile``
+  (:mod:`curvscope.operators.compiled`), tried first when asked for;
 - ``"fd"``: a central difference of two gradients (:mod:`curvscope.operators.finite_difference`),
   the last resort when no exact product can be formed — never chosen silently (a warning says so
   and the estimated error is recorded on the operator).
@@ -44,7 +46,7 @@ import torch
 
 logger = logging.getLogger("curvscope")
 
-STRATEGIES = ("vmap", "loop", "autograd", "cached", "cached_batched", "linearize", "fd")
+STRATEGIES = ("compiled", "vmap", "loop", "autograd", "cached", "cached_batched", "linearize", "fd")
 #: Strategies that reuse per-batch state kept between products: a retained gradient graph (one vector
 #: at a time, or batched), or for the Gauss–Newton family a retained linearisation
 #: (:mod:`curvscope.operators.linearised`; ``"linearize"`` is its ``torch.func.linearize`` form).
@@ -118,7 +120,7 @@ def rule_order(
         device: the compute device (batching is cheap per vector on a GPU, not on a CPU).
         cached: retained graphs may be used now (kept graphs exist after the determinism probe).
     """
-    order: list[str] = []
+    order: list[str] = ["compiled"]  # only available when asked for (compile=True)
     if cached:
         batched_first = width > 1 and device.type == "cuda"
         order += ["cached_batched", "cached"] if batched_first else ["cached", "cached_batched"]
