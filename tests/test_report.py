@@ -23,7 +23,8 @@ def make_run(path):
         return {"grid": grid, "pdf": torch.exp(-(grid**2)), "lo": 0.5 * torch.exp(-(grid**2)), "note": "x"}
 
     out = run.step("density", compute)
-    run.claim(Claim("gap", "the gap is after C-1", 9, "== 9", True, "Sagun 2016", kind="paper"))
+    run.claim(Claim("gap", "the gap is after C-1", 9, "== 9", True, "Sagun 2016", kind="paper",
+                    paper_value="C − 1 = 9 outliers (MNIST, Fig. 4)"))  # fmt: skip
     run.claim(Claim("barrier", "no barrier", 0.3, "<= 0", False, kind="paper"))
     run.claim(Claim("trainability", "reported only", 0.5, "n/a", None, kind="paper"))
     run.claim(Claim("level", "a measured level", 0.8, ">= 0.7", True, kind="regression"))
@@ -201,3 +202,11 @@ def test_reproduce_refuses_a_run_dir_made_with_other_settings(tmp_path):
     finally:
         EXPERIMENTS.pop("zz_fp", None)
     assert statuses(done={"status": "converged"}, legacy={}) == {"done": "converged", "legacy": "unverified"}
+
+
+def test_paper_vs_ours_table_lists_paper_claims_with_a_paper_value(tmp_path):
+    make_run(tmp_path / "r")
+    page = render(tmp_path / "r").read_text()
+    table = page.split('id="paper-vs-ours"')[1].split("</table>")[0]
+    assert "C − 1 = 9 outliers (MNIST, Fig. 4)" in table and ">9<" in table and "PASS" in table
+    assert "barrier" not in table and "level" not in table  # no paper value / not a paper claim

@@ -83,6 +83,14 @@ F64 = torch.float64
 SRC = "Fort & Ganguli 2019 (arXiv:1910.05929)"
 GUR_ARI = "Gur-Ari, Roberts & Dyer 2018 (arXiv:1812.04754)"
 GUARD = "measured by curvscope (docs/science.md, 'Claim kinds and verdicts')"
+#: What the papers report for the paper claims (qualitative findings from their figures: no single number).
+PAPER = {
+    "logit_clustering": "per-sample gradients of one logit are strongly aligned across inputs, gradients of "
+    "different logits nearly orthogonal (Fort & Ganguli's first emergent property; cosine-matrix figures)",
+    "class_dependence": "within one logit, a weaker secondary clustering by the input's class (same figures)",
+    "confinement": "after a short initial phase the gradient lies mostly in the top-k Hessian eigenspace, k = the "
+    "number of classes (Gur-Ari et al., §2 and Fig. 1: MNIST and CIFAR-10 nets)",
+}
 DYN_KEYS = ("epoch", "ftop", "ftop_C", "mb_mean", "mb_min", "mb_max", "lambda_max")
 LOGIT_KEYS = ("same_logit", "cross_logit", "same_logit_same_class", "same_logit_cross_class")
 
@@ -193,9 +201,11 @@ def _fmt(xs) -> str:
     return ", ".join(f"{float(x):.3g}" for x in xs)
 
 
-def _claim(run: RunDir, name: str, statement: str, measured, criterion: str, passed, source: str = SRC, **kw) -> None:
-    """Record a :class:`Claim` (``passed`` cast to bool; ``None`` = reported; ``kw``: ``kind``, ``inputs``)."""
-    run.claim(Claim(name, statement, measured, criterion, None if passed is None else bool(passed), source, **kw))
+def _claim(run: RunDir, name: str, statement: str, measured, criterion: str, passed, source: str = SRC, *,
+           kind: str, **kw) -> None:  # fmt: skip
+    """Record a :class:`Claim` (``passed`` cast to bool; ``None`` = reported; ``kw``: ``inputs``, ``paper_value``)."""
+    run.claim(Claim(name, statement, measured, criterion, None if passed is None else bool(passed), source, kind=kind,
+                    **kw))  # fmt: skip
 
 
 def _eig_inputs(d: dict, tag: str, mask=None) -> dict:
@@ -216,7 +226,7 @@ def _claims_logits(run: RunDir, dyn: dict) -> None:
         "per-sample logit gradients cluster by logit: mean cosine of ∇z_k(x_i), ∇z_k(x_j) (i ≠ j) exceeds that of "
         "∇z_k(x_i), ∇z_k'(x_j) (k ≠ k'), at every measured snapshot of both GMM runs",
         measured, "same-logit > |cross-logit| at every snapshot", all(a > abs(b) for a, b in pairs),
-        SRC + ", logit-gradient clustering",
+        SRC + ", logit-gradient clustering", kind="paper", paper_value=PAPER["logit_clustering"],
     )  # fmt: skip
     _claim(
         run, "logit_gradient_clustering_levels",
@@ -228,7 +238,7 @@ def _claims_logits(run: RunDir, dyn: dict) -> None:
         run, "logit_gradient_class_dependence",
         "within one logit, gradients of inputs of the same class are more aligned than of other classes",
         f"same class {_rng(sc)}, other classes {_rng(oc)}", "reported (the weaker class dependence), not asserted",
-        None, SRC,
+        None, SRC, kind="paper", paper_value=PAPER["class_dependence"],
     )  # fmt: skip
 
 
@@ -247,7 +257,8 @@ def _claims_dynamics(run: RunDir, dyn: dict, D: int) -> None:
         "gradient lies mostly in the top-(C−1) Hessian eigenspace",
         f"f_top {float(ft[-1]):.3f} at epoch {float(ep[-1]):g} (loss {float(loss[-1]):.3g})",
         f"f_top > 0.5 (most of ‖g‖²) at the last snapshot; chance (C−1)/D = {chance:.4f}",
-        float(ft[-1]) > 0.5, GUR_ARI, inputs=_eig_inputs(ov, "s = 0.4", last),
+        float(ft[-1]) > 0.5, GUR_ARI, inputs=_eig_inputs(ov, "s = 0.4", last), kind="paper",
+        paper_value=PAPER["confinement"],
     )  # fmt: skip
     _claim(
         run, "gradient_confinement_level",
@@ -262,12 +273,13 @@ def _claims_dynamics(run: RunDir, dyn: dict, D: int) -> None:
         run, "gradient_confinement_early",
         "f_top in the first epochs, before the top subspace has formed (epoch: f_top)",
         f"s = 0.4: {early['overlap']} | s = 1: {early['separable']}", "reported, not asserted", None, GUR_ARI,
+        kind="paper",
     )  # fmt: skip
     _claim(
         run, "gradient_confinement_minibatch",
         "share of 64-sample mini-batch gradients in the full-batch top-(C−1) eigenspace (s = 0.4, same snapshots)",
         f"mean {_rng(ov['mb_mean'][late])} (min {ov['mb_min'][late].min():.3f}); full batch {_rng(vals)}",
-        "reported, not asserted", None, GUR_ARI,
+        "reported, not asserted", None, GUR_ARI, kind="paper",
     )  # fmt: skip
     fin = float(sep["ftop"][-1])
     _claim(
@@ -306,12 +318,13 @@ def _claims_rise_fall(run: RunDir, dyn: dict) -> None:
         inputs = _eig_inputs(d, LABEL[tag])
         if tag != "separable":
             _claim(run, f"lambda_max_rise_fall_{tag}", f"λ_max rises early in training, then falls ({LABEL[tag]})",
-                   measured, "reported: the loss stays high in this run, no fall expected", None, SRC)  # fmt: skip
+                   measured, "reported: the loss stays high in this run, no fall expected", None, SRC,
+                   kind="paper")  # fmt: skip
             continue
         _claim(
             run, f"lambda_max_rise_fall_{tag}", f"λ_max rises early in training, then falls ({LABEL[tag]})",
             measured, "the largest λ_max is at an interior snapshot: above the first and the last",
-            0 < k < len(lam) - 1 and lam[k] > lam[0] and lam[k] > lam[-1], SRC, inputs=inputs,
+            0 < k < len(lam) - 1 and lam[k] > lam[0] and lam[k] > lam[-1], SRC, inputs=inputs, kind="paper",
         )  # fmt: skip
         _claim(
             run, f"lambda_max_rise_fall_factors_{tag}", f"size of λ_max's rise and fall ({LABEL[tag]})",

@@ -28,6 +28,12 @@ F64 = torch.float64
 PLANE_LR = {"sgd": 0.05, "adam": 0.01}
 GOLD = "Fort & Scherlis 2018 (arXiv:1807.02581)"
 GUARD = "measured by curvscope (docs/science.md, 'Claim kinds and verdicts')"
+#: What Fort & Scherlis report for the paper claims (qualitative: their figures give curves, not one number).
+PAPER_GOLDILOCKS = {
+    "peak": "on random low-dimensional hyperplanes Tr(H)/‖H‖ is near 0 for small and large initial radii and "
+    "peaks in between (the Goldilocks zone, around the radius of the usual initialisations)",
+    "positive": "the fraction of positive eigenvalues of the restricted Hessian is highest in the same zone",
+}
 #: ``s`` below: the experiment's settings (alphas, gold_dim, gold_subspaces, plane_dims, plane_alphas,
 #: plane_epochs, plane_optimizers).
 Settings = Any
@@ -38,9 +44,11 @@ def _fmt(xs) -> str:
     return ", ".join(f"{float(x):.3g}" for x in xs)
 
 
-def _claim(run: RunDir, name: str, statement: str, measured, criterion: str, passed, source: str = GOLD, **kw) -> None:
-    """Record a :class:`Claim` (``passed`` cast to bool; ``None`` = reported; ``kw``: ``kind``, ``inputs``)."""
-    run.claim(Claim(name, statement, measured, criterion, None if passed is None else bool(passed), source, **kw))
+def _claim(run: RunDir, name: str, statement: str, measured, criterion: str, passed, source: str = GOLD, *,
+           kind: str, **kw) -> None:  # fmt: skip
+    """Record a :class:`Claim` (``passed`` cast to bool; ``None`` = reported; ``kw``: ``inputs``, ``paper_value``)."""
+    run.claim(Claim(name, statement, measured, criterion, None if passed is None else bool(passed), source, kind=kind,
+                    **kw))  # fmt: skip
 
 
 def _xy(name: str, title: str, xlabel: str, ylabel: str, series: list, **kw) -> Figure:
@@ -118,12 +126,14 @@ def goldilocks_claims(run: RunDir, g: dict, s: Settings) -> None:
     _claim(
         run, "goldilocks_peak", f"Tr(H_d)/‖H_d‖_F peaks at an intermediate init scale ({where})",
         f"max {r[k]:.3g} at α = {a[k]:g}; {r[0]:.3g} at α = {a[0]:g}, {r[-1]:.3g} at α = {a[-1]:g}",
-        "the maximum over the α grid is at an interior α, above both ends", inside, GOLD, inputs=st,
+        "the maximum over the α grid is at an interior α, above both ends", inside, GOLD, inputs=st, kind="paper",
+        paper_value=PAPER_GOLDILOCKS["peak"],
     )  # fmt: skip
     _claim(
         run, "goldilocks_positive_fraction", f"the positive fraction of H_d is highest in the zone ({where})",
         f"{pos[0]:.2f} (α = {a[0]:g}), max {pos[kp]:.2f} (α = {a[kp]:g}), {pos[-1]:.2f} (α = {a[-1]:g})",
-        "the maximum over the α grid is at an interior α, above both ends", inside_p, GOLD, inputs=st,
+        "the maximum over the α grid is at an interior α, above both ends", inside_p, GOLD, inputs=st, kind="paper",
+        paper_value=PAPER_GOLDILOCKS["positive"],
     )  # fmt: skip
     _claim(
         run, "goldilocks_small_init", f"Tr(H_d)/‖H_d‖_F ≈ 0 for small initial weights ({where})",
@@ -156,7 +166,7 @@ def hyperplane_claims(run: RunDir, planes: dict, s: Settings) -> None:
             f"train accuracy after {s.plane_epochs:g} epochs of {opt.upper()} (lr {PLANE_LR[opt]}) in a random "
             f"hyperplane, per d, for α = {_fmt(s.plane_alphas)}",
             "; ".join(best), "reported, not asserted (at this scale trainability need not peak in the zone)", None,
-            GOLD + "; Li et al. 2018",
+            GOLD + "; Li et al. 2018", kind="paper",
         )  # fmt: skip
 
 

@@ -85,6 +85,9 @@ class Claim:
         kind: ``"paper"``, ``"regression"`` or ``"sanity"`` (see the module docstring).
         inputs: status of every result the claim rests on (``{"eigsh H": "converged"}``); one
             untrusted status makes the verdict ``inconclusive``.
+        paper_value: for ``paper`` claims, what the paper itself reports for this statement — its
+            number, or its qualitative finding where it gives only a figure — with the table or
+            figure it comes from; reports show it beside ``measured`` ("paper vs ours").
     """
 
     name: str
@@ -96,6 +99,7 @@ class Claim:
     # Required: every claim states whether it is the paper's, a regression guard or a sanity check.
     kind: str = field(kw_only=True)
     inputs: dict[str, str] = field(default_factory=dict)
+    paper_value: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

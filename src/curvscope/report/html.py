@@ -85,6 +85,27 @@ def _claims_html(claims: list[dict]) -> str:
     return "".join(parts) or "<h2>Claims</h2><p>(no claims)</p>"
 
 
+def _paper_vs_ours_html(claims: list[dict]) -> str:
+    """The paper claims whose paper value is known: the paper's finding beside ours, and the verdict."""
+    rows = []
+    for c in claims:
+        if claim_kind(c) != "paper" or not c.get("paper_value"):
+            continue
+        cls, word = VERDICT_STYLE[claim_verdict(c)]
+        rows.append(
+            f'<tr class="{cls}"><td>{html.escape(c["name"])}</td><td>{html.escape(c["paper_value"])}</td>'
+            f"<td>{_fmt(c.get('measured'))}</td><td>{word}</td><td>{html.escape(c.get('source', ''))}</td></tr>"
+        )
+    if not rows:
+        return ""
+    return (
+        "<h2>Paper vs ours</h2><p>What the paper reports for each paper claim, beside what this run measured.</p>"
+        '<table id="paper-vs-ours"><tr><th>claim</th><th>paper</th><th>ours</th><th>verdict</th><th>source</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def _counts_line(claims: list[dict]) -> str:
     counts = claim_counts(claims)
     pieces = []
@@ -141,6 +162,7 @@ def render(run_path: str | os.PathLike) -> Path:
 <p class="summary">{html.escape(results.get("summary", ""))}</p>
 {notes}
 <p class="summary"><b>Claims</b> ({html.escape(_counts_line(claims))}).</p>
+{_paper_vs_ours_html(claims)}
 {_claims_html(claims)}
 <h2>Figures</h2>
 {"".join(figures_html) or "<p>(no figures)</p>"}
