@@ -32,44 +32,34 @@ N = 2000, widths up to 128, exact checks up to D = 3000, more SLQ probes.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 
 import torch
 
-from curvscope.data import batches, gaussian_mixture
 from curvscope.experiments import instruments as ins
 from curvscope.experiments.registry import Context, Recipe
 from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
+from curvscope.experiments.sagun2016_nets import (
+    BULK_REL,
+    C_MAIN,
+    DIM,
+    F64,
+    GAP_K,
+    GUARD,
+    LOSS_TAG,
+    SPREAD,
+    SRC,
+    TOP_WIDTH,
+    W_MAIN,
+    WHEN,
+    Settings,
+    bulk_share,
+    dense_eigenvalues,
+    fit_net,
+    gap_position,
+    hessian_of,
+    load_weights,
+)
 from curvscope.metrics import split_spectrum
-from curvscope.models import build_model
-from curvscope.operators import Hessian
-from curvscope.train import TrainConfig, get_loss, train
-
-F64 = torch.float64
-SRC = "Sagun, Bottou & LeCun 2016 (arXiv:1611.07476), bulk and edges vs data and architecture"
-GUARD = "measured by curvscope (docs/science.md, 'Claim kinds and verdicts')"
-DIM, SPREAD = 30, 0.4  # GMM input dimension and class-mean spread (overlapping classes)
-C_MAIN, W_MAIN = 10, 32  # the spectra run: 30-32-32-10, D = 2378
-GAP_K = 30  # gap searched among the top 30 ratios λ_k/λ_{k+1}
-BULK_REL = 1e-3  # |λ| < BULK_REL · λ_max counts as bulk
-TOP_WIDTH = 10  # mean of the top 10 eigenvalues in the width sweep
-LOSS_TAG = {"cross_entropy": "ce", "mse": "mse"}
-WHEN = {"init": "initialisation", "final": "after training"}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Scale-dependent sizes (quick: ≤ 90 s on one core; full: paper sizes, for a GPU)."""
-
-    num_samples: int
-    epochs: float
-    ce_classes: tuple[int, ...]
-    mse_classes: tuple[int, ...]
-    widths: tuple[int, ...]
-    slq_probes: int
-    slq_steps: int
-    exact_max_dim: int
-
 
 QUICK = Settings(
     num_samples=500,
@@ -93,93 +83,63 @@ FULL = Settings(
 )
 
 
-def _fit(run: RunDir, ctx: Context, s: Settings, loss: str, num_classes: int, width: int):
-    """Train one net (resumable step).
-
-    Returns:
-        ``(model, data, tag, fitted)``: the model loaded with its final state, the training set,
-        the step tag (``ce_C10_w32``) and the step's values (``init.*``/``final.*`` states, losses).
-    """
-    tag = f"{LOSS_TAG[loss]}_C{num_classes}_w{width}"
-    data = gaussian_mixture(num_classes, DIM, s.num_samples, SPREAD, seed=ctx.seed, dtype=F64).to(device=ctx.device)
-    model = build_model(
-        "mlp", in_features=DIM, widths=(width, width), num_classes=num_classes, seed=ctx.seed, dtype=F64
-    ).to(ctx.device)
-    config = TrainConfig(
-        lr=0.05, momentum=0.9, batch_size=64, epochs=s.epochs, seed=ctx.seed, loss=loss, snapshot_steps=(0,)
-    )
-
-    def fit() -> dict:
-        hist = train(model, data, config, progress=ctx.progress)
-        out = {f"init.{k}": v.detach().cpu() for k, v in hist.snapshots[0].load_state().items()}
-        out.update({f"final.{k}": v.detach().cpu() for k, v in hist.final.load_state().items()})
-        out["batch_loss"] = torch.tensor(hist.batch_loss, dtype=F64)
-        out.update(init_loss=hist.snapshots[0].metrics["loss"], final_loss=hist.final.metrics["loss"])
-        out["final_accuracy"] = hist.final.metrics["accuracy"]
-        return out
-
-    fitted = run.step(f"train_{tag}", fit)
-    _load(model, fitted, "final")
-    return model, data, tag, fitted
-
-
-def _load(model, fitted: dict, which: str) -> None:
-    model.load_state_dict({k: fitted[f"{which}.{k}"] for k in model.state_dict()})
-
-
-def _hessian(model, data, loss: str) -> Hessian:
-    return Hessian(model, get_loss(loss), batches(data))
-
-
-def _gap(eigenvalues: torch.Tensor) -> tuple[int, float]:
-    """Gap position ``argmax_{k≤30} λ_k/λ_{k+1}`` and its ratio (split_spectrum with no minimum gap)."""
-    sp = split_spectrum(eigenvalues, max_outliers=GAP_K, min_gap=1.0)
-    return int(sp.num_outliers_gap), float(sp.gap_ratio)
-
-
 # ---------------------------------------------------------------- spectra at init and end
 def _spectra(run: RunDir, ctx: Context, s: Settings) -> None:
     """Exact spectra of the CE net (C = 10, w = 32) at initialisation and after training."""
-    model, data, _, fitted = _fit(run, ctx, s, "cross_entropy", C_MAIN, W_MAIN)
-    specs = {}
-    for when in WHEN:
-        _load(model, fitted, when)
-        H = _hessian(model, data, "cross_entropy")
-
-        def exact(H=H) -> dict:
-            lam = torch.linalg.eigvalsh(H.to_dense(max_dim=ins.EXACT_MAX_DIM).double().cpu())
-            return {"eigenvalues": lam.flip(0).contiguous(), "dim": int(H.shape[0]), "status": "exact"}
-
-        specs[when] = run.step(f"spectrum_{when}", exact)["eigenvalues"]
-
-    def smooth() -> dict:
-        """Gaussian-broadened densities of the exact spectra on one grid (for the log-y plot)."""
-        both = torch.cat(list(specs.values()))
-        lo, hi = both.min().item(), both.max().item()
-        pad = 0.05 * (hi - lo)
-        grid = torch.linspace(lo - pad, hi + pad, 1200, dtype=F64)
-        sigma = 0.004 * (hi - lo)
-        out = {"grid": grid}
-        for when, lam in specs.items():
-            z = (grid[:, None] - lam[None, :]) / sigma
-            pdf = torch.exp(-0.5 * z**2).sum(1) / (lam.numel() * sigma * (2 * torch.pi) ** 0.5)
-            out[when] = pdf.clamp_min(1e-6 * pdf.max())  # floor: keeps the log axis readable
-        return out
-
-    run.step("spectrum_density", smooth)
-    rows = {}
-    for when, lam in specs.items():
-        sp = split_spectrum(lam, max_outliers=GAP_K, min_gap=1.0)
-        rows[when] = {
-            "gap_at": int(sp.num_outliers_gap),
-            "gap_ratio": round(float(sp.gap_ratio), 3),
-            "lambda_max": round(lam[0].item(), 5),
-            "lambda_min": round(lam[-1].item(), 5),
-            "neg_ratio": round(float(sp.negative_ratio), 4),
-            "near_zero_share": round(float((lam.abs() < BULK_REL * lam[0]).double().mean()), 3),
-        }
+    model, data, _, fitted = fit_net(run, ctx, s, "cross_entropy", C_MAIN, W_MAIN)
+    specs = _exact_spectra(run, model, data, fitted)
+    run.step("spectrum_density", lambda: _broadened_densities(specs))
+    rows = {when: _spectrum_summary(lam) for when, lam in specs.items()}
     run.metric("spectra_ce_C10", rows)
     run.metric("spectra_train_loss", {"init": fitted["init_loss"], "final": fitted["final_loss"]})
+    _spectra_claims(run, rows, fitted)
+    _spectra_figures(run, specs)
+
+
+def _exact_spectra(run: RunDir, model, data, fitted: dict) -> dict[str, torch.Tensor]:
+    """Dense eigenvalues (largest first) at each state of ``WHEN``, one resumable step each."""
+    specs = {}
+    for when in WHEN:
+        load_weights(model, fitted, when)
+        H = hessian_of(model, data, "cross_entropy")
+
+        def exact(H=H) -> dict:
+            return {"eigenvalues": dense_eigenvalues(H).contiguous(), "dim": int(H.shape[0]), "status": "exact"}
+
+        specs[when] = run.step(f"spectrum_{when}", exact)["eigenvalues"]
+    return specs
+
+
+def _broadened_densities(specs: dict[str, torch.Tensor]) -> dict:
+    """Gaussian-broadened densities of the exact spectra on one grid (for the log-y plot)."""
+    both = torch.cat(list(specs.values()))
+    lo, hi = both.min().item(), both.max().item()
+    pad = 0.05 * (hi - lo)
+    grid = torch.linspace(lo - pad, hi + pad, 1200, dtype=F64)
+    sigma = 0.004 * (hi - lo)
+    out = {"grid": grid}
+    for when, lam in specs.items():
+        z = (grid[:, None] - lam[None, :]) / sigma
+        pdf = torch.exp(-0.5 * z**2).sum(1) / (lam.numel() * sigma * (2 * torch.pi) ** 0.5)
+        out[when] = pdf.clamp_min(1e-6 * pdf.max())  # floor: keeps the log axis readable
+    return out
+
+
+def _spectrum_summary(lam: torch.Tensor) -> dict:
+    """Gap position and ratio, extreme eigenvalues, negative ratio and near-zero share of a spectrum."""
+    sp = split_spectrum(lam, max_outliers=GAP_K, min_gap=1.0)
+    return {
+        "gap_at": int(sp.num_outliers_gap),
+        "gap_ratio": round(float(sp.gap_ratio), 3),
+        "lambda_max": round(lam[0].item(), 5),
+        "lambda_min": round(lam[-1].item(), 5),
+        "neg_ratio": round(float(sp.negative_ratio), 4),
+        "near_zero_share": round(bulk_share(lam), 3),
+    }
+
+
+def _spectra_claims(run: RunDir, rows: dict[str, dict], fitted: dict) -> None:
+    """Outliers after training (paper), gap at init (reported), shrinking negative part (guard)."""
     end, init = rows["final"], rows["init"]
     exact = {"dense spectrum": "exact"}
     run.claim(
@@ -219,6 +179,10 @@ def _spectra(run: RunDir, ctx: Context, s: Settings) -> None:
             inputs=exact,
         )
     )
+
+
+def _spectra_figures(run: RunDir, specs: dict[str, torch.Tensor]) -> None:
+    """Broadened density (log y), all eigenvalues by rank, and the top 40 at init vs after training."""
     outl = specs["final"][: C_MAIN - 1]
     run.figure(
         Figure(
@@ -276,12 +240,12 @@ def _class_sweep(run: RunDir, ctx: Context, s: Settings) -> None:
     for loss, classes, expect in (("cross_entropy", s.ce_classes, -1), ("mse", s.mse_classes, 0)):
         rows = []
         for C in classes:
-            model, data, tag, fitted = _fit(run, ctx, s, loss, C, W_MAIN)
-            H = _hessian(model, data, loss)
+            model, data, tag, fitted = fit_net(run, ctx, s, loss, C, W_MAIN)
+            H = hessian_of(model, data, loss)
             top = ins.eigenpairs(
                 run, f"top_{tag}", H, GAP_K + 1, seed=ctx.seed, keep_vectors=False, progress=ctx.progress
             )
-            k, ratio = _gap(top["eigenvalues"])
+            k, ratio = gap_position(top["eigenvalues"])
             row = {"C": C, "gap_at": k, "ratio": round(ratio, 2), "loss": round(fitted["final_loss"], 3)}
             rows.append({**row, "converged": int(top["converged"].sum()), "status": str(top["status"])})
         found[loss] = rows
@@ -330,62 +294,72 @@ def _width_sweep(run: RunDir, ctx: Context, s: Settings) -> None:
     """Bulk fraction (share of |λ| < 1e-3 λ_max) and top-10 mean vs width (MSE, C = 10)."""
     rows, dens = [], {}
     for w in s.widths:
-        model, data, tag, fitted = _fit(run, ctx, s, "mse", C_MAIN, w)
-        H = _hessian(model, data, "mse")
-        D = H.shape[0]
-        # For w = 32 this reuses the class sweep's step (31 eigenvalues there): keep the top 10.
-        top = ins.eigenpairs(run, f"top_{tag}", H, TOP_WIDTH, seed=ctx.seed, keep_vectors=False, progress=ctx.progress)
-        top_vals = top["eigenvalues"][:TOP_WIDTH]
-        lam_max = top_vals[0].item()
-        slq = ins.density(
-            run,
-            f"density_{tag}",
-            H,
-            num_probes=s.slq_probes,
-            num_steps=s.slq_steps,
-            seed=ctx.seed,
-            progress=ctx.progress,
-        )
-        dens[f"w = {w} (D = {D})"] = w
-        t = BULK_REL * lam_max
-        inside = (slq["nodes"].abs() < t).double()
-        frac_slq = float((slq["weights"] * inside).sum() / slq["weights"].shape[0])
-        row = {
-            "width": w,
-            "D": D,
-            "bulk_slq": round(frac_slq, 4),
-            "top10_mean": round(top_vals.mean().item(), 4),
-            "lambda_max": round(lam_max, 4),
-            "loss": round(fitted["final_loss"], 4),
-            "status_eigsh": str(top["status"]),
-            "status_slq": str(slq["status"]),
-        }
-        if D <= s.exact_max_dim:
-
-            def exact(H=H) -> dict:
-                return {
-                    "eigenvalues": torch.linalg.eigvalsh(H.to_dense(max_dim=ins.EXACT_MAX_DIM).double().cpu()).flip(0)
-                }
-
-            lam = run.step(f"exact_{tag}", exact)["eigenvalues"]
-            row["bulk_exact"] = round(float((lam.abs() < BULK_REL * lam[0]).double().mean()), 4)
+        row = _width_row(run, ctx, s, w)
+        dens[f"w = {w} (D = {row['D']})"] = w
         rows.append(row)
     run.metric("width_sweep", rows)
+    run.step("width_table", lambda: _width_table(run, s, rows))
+    _width_claims(run, s, rows)
+    _width_figures(run, s, rows, dens)
 
-    def table() -> dict:
-        out = {
-            k: torch.tensor([float(r[k]) for r in rows], dtype=F64)
-            for k in ("width", "bulk_slq", "top10_mean", "lambda_max")
-        }
-        ex = [r for r in rows if "bulk_exact" in r]
-        out["exact_width"] = torch.tensor([float(r["width"]) for r in ex], dtype=F64)
-        out["bulk_exact"] = torch.tensor([r["bulk_exact"] for r in ex], dtype=F64)
-        for w in s.widths:  # densities with a floor, so the log axis stays readable
-            d = run.arrays(f"density_mse_C{C_MAIN}_w{w}")
-            out[f"grid_w{w}"], out[f"pdf_w{w}"] = d["grid"], d["pdf"].clamp_min(1e-6 * d["pdf"].max())
-        return out
 
-    run.step("width_table", table)
+def _width_row(run: RunDir, ctx: Context, s: Settings, w: int) -> dict:
+    """Train the MSE net of width ``w``; its top eigenvalues, SLQ bulk share, exact one if D is small."""
+    model, data, tag, fitted = fit_net(run, ctx, s, "mse", C_MAIN, w)
+    H = hessian_of(model, data, "mse")
+    D = H.shape[0]
+    # For w = 32 this reuses the class sweep's step (31 eigenvalues there): keep the top 10.
+    top = ins.eigenpairs(run, f"top_{tag}", H, TOP_WIDTH, seed=ctx.seed, keep_vectors=False, progress=ctx.progress)
+    top_vals = top["eigenvalues"][:TOP_WIDTH]
+    lam_max = top_vals[0].item()
+    slq = ins.density(
+        run,
+        f"density_{tag}",
+        H,
+        num_probes=s.slq_probes,
+        num_steps=s.slq_steps,
+        seed=ctx.seed,
+        progress=ctx.progress,
+    )
+    row = {
+        "width": w,
+        "D": D,
+        "bulk_slq": round(_slq_bulk_share(slq, lam_max), 4),
+        "top10_mean": round(top_vals.mean().item(), 4),
+        "lambda_max": round(lam_max, 4),
+        "loss": round(fitted["final_loss"], 4),
+        "status_eigsh": str(top["status"]),
+        "status_slq": str(slq["status"]),
+    }
+    if D <= s.exact_max_dim:
+        lam = run.step(f"exact_{tag}", lambda: {"eigenvalues": dense_eigenvalues(H)})["eigenvalues"]
+        row["bulk_exact"] = round(bulk_share(lam), 4)
+    return row
+
+
+def _slq_bulk_share(slq: dict, lam_max: float) -> float:
+    """SLQ quadrature mass of the Ritz nodes with ``|θ| < BULK_REL · λ_max``, averaged over probes."""
+    inside = (slq["nodes"].abs() < BULK_REL * lam_max).double()
+    return float((slq["weights"] * inside).sum() / slq["weights"].shape[0])
+
+
+def _width_table(run: RunDir, s: Settings, rows: list[dict]) -> dict:
+    """The sweep's rows as arrays for the figures, with each width's SLQ density (floored)."""
+    out = {
+        k: torch.tensor([float(r[k]) for r in rows], dtype=F64)
+        for k in ("width", "bulk_slq", "top10_mean", "lambda_max")
+    }
+    ex = [r for r in rows if "bulk_exact" in r]
+    out["exact_width"] = torch.tensor([float(r["width"]) for r in ex], dtype=F64)
+    out["bulk_exact"] = torch.tensor([r["bulk_exact"] for r in ex], dtype=F64)
+    for w in s.widths:  # densities with a floor, so the log axis stays readable
+        d = run.arrays(f"density_mse_C{C_MAIN}_w{w}")
+        out[f"grid_w{w}"], out[f"pdf_w{w}"] = d["grid"], d["pdf"].clamp_min(1e-6 * d["pdf"].max())
+    return out
+
+
+def _width_claims(run: RunDir, s: Settings, rows: list[dict]) -> None:
+    """Bulk grows with width (paper), top eigenvalues stay within 2× (guard), SLQ vs exact (sanity)."""
     fr = [r["bulk_slq"] for r in rows]
     tops = [r["top10_mean"] for r in rows]
     run.claim(
@@ -428,6 +402,11 @@ def _width_sweep(run: RunDir, ctx: Context, s: Settings) -> None:
             kind="sanity",
         )
     )
+
+
+def _width_figures(run: RunDir, s: Settings, rows: list[dict], dens: dict[str, int]) -> None:
+    """Bulk fraction vs width, top eigenvalues vs width, and the SLQ densities per width (log y)."""
+    tops = [r["top10_mean"] for r in rows]
     ref = {k: array_ref("width_table", k) for k in ("width", "bulk_slq", "exact_width", "bulk_exact")}
     run.figure(
         Figure(
