@@ -53,6 +53,7 @@ from curvscope.linalg import density_runs as runs
 from curvscope.linalg.lanczos import check_operator
 from curvscope.linalg.precision import WorkDtype, measured_noise_floor, promote, resolve_work_dtype
 from curvscope.linalg.results import FloatResult
+from curvscope.linalg.space import space_of
 from curvscope.linalg.storage import StorageFactory
 
 METHODS = ("slq", "kpm")
@@ -458,7 +459,10 @@ def spectral_density(
     bs = num_probes if block_size is None else max(1, min(int(block_size), num_probes))
     keep = bs * (min(num_steps, D) + 1) if method == "slq" else 4 * bs
     where = storage if method == "slq" else "device"
-    wd = resolve_work_dtype(work_dtype, A.dtype, D, keep, where, A.device, f"spectral_density({method})")
+    space = space_of(A)
+    if checkpoint is not None and space.sharded:
+        raise ValueError("spectral_density(checkpoint=...) is not supported for a sharded operator: drop checkpoint=")
+    wd = resolve_work_dtype(work_dtype, A.dtype, space.local_dim, keep, where, A.device, f"spectral_density({method})")
     W = promote(A, wd)
     gen = make_generator(seed)
     total = num_probes * min(num_steps, D) + (range_steps if method == "kpm" and spectral_range is None else 0)

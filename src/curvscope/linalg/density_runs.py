@@ -19,7 +19,7 @@ from curvscope.common import Status
 from curvscope.linalg.checkpoint import jsonable, load_state, save_state
 from curvscope.linalg.lanczos import lanczos
 from curvscope.linalg.products import check_finite, check_product
-from curvscope.linalg.sampling import probes
+from curvscope.linalg.space import LocalSpace, space_of
 from curvscope.operators.fingerprint import check_fingerprint, operator_fingerprint
 
 F64 = torch.float64
@@ -60,10 +60,10 @@ def check_arguments(method, num_probes, num_steps, storage, spectral_range, marg
         raise ValueError("spectral_range, margin and range_steps set KPM's rescaling; SLQ needs none: drop them")
 
 
-def unit_probes(kind: str, D: int, P: int, gen: torch.Generator, dtype, device) -> Tensor:
-    """``P`` probes of the named kind, each normalised to unit length ``[D, P]``."""
-    V = probes(kind, D, P, gen, dtype, device)
-    return V / V.norm(dim=0, keepdim=True)
+def unit_probes(kind: str, space: LocalSpace, P: int, gen: torch.Generator, dtype, device) -> Tensor:
+    """``P`` probes of the named kind, each normalised to unit length ``[D, P]`` (this process's rows)."""
+    V = space.probes(kind, P, gen, dtype, device)
+    return V / space.colnorms(V).unsqueeze(0)
 
 
 def fingerprint_of(A: Any) -> dict:
@@ -115,7 +115,7 @@ def run_slq(
 ) -> dict:  # fmt: skip
     """SLQ over probe blocks of ``block_size``; finished blocks are saved to ``checkpoint``."""
     D, dtype, device = int(A.shape[0]), A.dtype, torch.device(A.device)
-    V = unit_probes(probe, D, num_probes, gen, dtype, device)
+    V = unit_probes(probe, space_of(A), num_probes, gen, dtype, device)
     m = min(num_steps, D)
     bs = num_probes if block_size is None else max(1, int(block_size))
     config = {"D": D, "num_probes": num_probes, "num_steps": m, "probe": probe, "block_size": bs,
@@ -163,6 +163,7 @@ def kpm_range(A: Any, gen: torch.Generator, margin: float, range_steps: int) -> 
 
 def _moments(A: Any, V: Tensor, a: float, b: float, num_steps: int, bar: Any) -> tuple[Tensor, float]:
     """Chebyshev moments ``[2·num_steps + 1, P]`` of the probes ``V`` and the largest vector norm seen."""
+    sp = space_of(A)
 
     def apply(X):
         return (check_product(X, A @ X, "spectral_density (KPM)") - a * X) / b
@@ -171,17 +172,17 @@ def _moments(A: Any, V: Tensor, a: float, b: float, num_steps: int, bar: Any) ->
     mu = torch.zeros(2 * num_steps + 1, P, dtype=V.dtype, device=V.device)
     T0, T1 = V, apply(V)
     bar.update(P)
-    mu[0] = (T0 * T0).sum(0)
-    mu[1] = (T1 * T0).sum(0)
+    mu[0] = sp.coldots(T0, T0)
+    mu[1] = sp.coldots(T1, T0)
     growth = 1.0
     for k in range(1, num_steps):
-        mu[2 * k] = 2 * (T1 * T1).sum(0) - mu[0]
+        mu[2 * k] = 2 * sp.coldots(T1, T1) - mu[0]
         T2 = 2 * apply(T1) - T0
         bar.update(P)
-        mu[2 * k + 1] = 2 * (T2 * T1).sum(0) - mu[1]
+        mu[2 * k + 1] = 2 * sp.coldots(T2, T1) - mu[1]
         T0, T1 = T1, T2
-        growth = max(growth, float(T1.norm(dim=0).max()))
-    mu[2 * num_steps] = 2 * (T1 * T1).sum(0) - mu[0]
+        growth = max(growth, float(sp.colnorms(T1).max()))
+    mu[2 * num_steps] = 2 * sp.coldots(T1, T1) - mu[0]
     return mu, max(growth, float(mu.abs().max()))
 
 
@@ -198,7 +199,7 @@ def run_kpm(
     else:
         lo, hi = map(float, spectral_range)
     a, b = 0.5 * (hi + lo), 0.5 * (hi - lo)
-    V = unit_probes(probe, D, num_probes, gen, dtype, device)
+    V = unit_probes(probe, space_of(A), num_probes, gen, dtype, device)
     bs = num_probes if block_size is None else max(1, int(block_size))
     parts, growth = [], 1.0
     for s in range(0, num_probes, bs):

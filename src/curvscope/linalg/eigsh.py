@@ -31,6 +31,7 @@ from curvscope.common import SeedLike, Status, as_status, make_generator, make_p
 from curvscope.io import load_tensors, save_tensors
 from curvscope.linalg.lanczos import check_block_size, check_operator, default_breakdown_tol
 from curvscope.linalg.precision import WorkDtype, promote, resolve_tol, resolve_work_dtype
+from curvscope.linalg.space import space_of
 from curvscope.linalg.storage import StorageFactory
 from curvscope.linalg.thick_restart import (
     WHICH,
@@ -72,7 +73,8 @@ class EigshResult:
 
     Attributes:
         eigenvalues: ``[k]`` (descending for ``LA``/``BE``, ascending for ``SA``, by ``|λ|`` for ``LM``).
-        eigenvectors: ``[D, k]`` unit columns (in the work dtype).
+        eigenvectors: ``[D, k]`` unit columns (in the work dtype); for a sharded operator this
+            rank's rows ``[d_local, k]`` (:func:`curvscope.distributed.fsdp.gather_vectors`).
         residuals: ``‖A v − λ v‖`` per pair ``[k]``: measured (``residual_kind == "true"``), an
             estimate from the Lanczos residual plus the measured relation defect (``"estimated"``),
             or the Lanczos estimate alone (``"ritz"``, after an interruption or when asked).
@@ -162,24 +164,25 @@ def _setup(A: Any, k: int, which: str, tol, num_matvecs, ncv, deflate, seed, sto
            block_size, work_dtype) -> Problem:  # fmt: skip
     """Validate the arguments; choose ``ncv``, the budget, the work dtype and the tolerance."""
     D, op_dtype, device = check_operator(A)
+    space = space_of(A)
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}")
     kind = _residual_kind(residuals)
     block_size = check_block_size(block_size)
-    if deflate is not None and (deflate.ndim != 2 or deflate.shape[0] != D):
-        raise ValueError(f"deflate must be [{D}, p] eigenvectors, got {tuple(deflate.shape)}")
+    if deflate is not None and (deflate.ndim != 2 or deflate.shape[0] != space.local_dim):
+        raise ValueError(f"deflate must be [{space.local_dim}, p] eigenvectors, got {tuple(deflate.shape)}")
     n_eff = D - (0 if deflate is None else deflate.shape[1])
     if not 1 <= k <= n_eff:
         raise ValueError(f"k must be between 1 and {n_eff} (D minus deflated vectors), got {k}")
     ncv = min(n_eff, max(2 * k + 1, k + 32)) if ncv is None else min(int(ncv), n_eff)
     if ncv <= k and ncv < n_eff:
         raise ValueError(f"ncv={ncv} must exceed k={k} (ncv = 2k + 1 is a good choice)")
-    dtype = resolve_work_dtype(work_dtype, op_dtype, D, ncv + 1, storage, device, "eigsh", stacklevel=4)
+    dtype = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, ncv + 1, storage, device, "eigsh", stacklevel=4)
     tol, tol_reason = resolve_tol(tol, A, op_dtype, dtype, "eigsh", stacklevel=4)
-    Qd = None if deflate is None else torch.linalg.qr(deflate.to(dtype=dtype, device=device)).Q
+    Qd = None if deflate is None else space.orthonormalize(deflate.to(dtype=dtype, device=device))
     budget = max(1000, 50 * ncv) if num_matvecs is None else int(num_matvecs)
     return Problem(promote(A, dtype), D, dtype, device, k, which, ncv, n_eff, budget, tol, tol_reason,
-                    default_breakdown_tol(dtype), Qd, make_generator(seed), block_size, kind)  # fmt: skip
+                    default_breakdown_tol(dtype), Qd, make_generator(seed), block_size, kind, space)  # fmt: skip
 
 
 def _verdict(P: Problem, K: Krylov, kind: str, within: Tensor, est_ok: bool, interrupted: bool) -> tuple[Status, str]:
@@ -216,7 +219,8 @@ def _finish(P: Problem, K: Krylov, ritz: Ritz | None, interrupted: bool, t0: flo
     if ritz is None:  # interrupted before the first product finished
         K.store.close()
         empty = torch.zeros(0, dtype=torch.float64)
-        return EigshResult(empty, torch.zeros(P.D, 0, dtype=P.dtype, device=P.device), empty, empty.bool(), K.anorm,
+        none = torch.zeros(P.space.local_dim, 0, dtype=P.dtype, device=P.device)
+        return EigshResult(empty, none, empty, empty.bool(), K.anorm,
                            P.tol, P.which, K.matvecs, K.restarts, nbytes, time.perf_counter() - t0, Status.INTERRUPTED,
                            "interrupted before the first product finished; nothing to report", "ritz",
                            tol_reason=P.tol_reason)  # fmt: skip
@@ -316,6 +320,11 @@ def eigsh(
     """
     t0 = time.perf_counter()
     P = _setup(A, k, which, tol, num_matvecs, ncv, deflate, seed, storage, residuals, block_size, work_dtype)
+    if checkpoint is not None and P.space.sharded:
+        raise ValueError(
+            "eigsh(checkpoint=...) saves whole basis vectors; a sharded operator's are split over "
+            "ranks: drop checkpoint= (resumable sharded runs are not supported yet)"
+        )
     fingerprint = None if checkpoint is None else operator_fingerprint(A)
     K = start(P, v0, storage, checkpoint, fingerprint)
     bar = make_progress(P.budget, progress, f"eigsh {which} k={k}")

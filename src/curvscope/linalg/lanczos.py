@@ -37,7 +37,7 @@ from curvscope.common import SeedLike, Status, as_status, make_generator, make_p
 from curvscope.io import load_tensors, save_tensors
 from curvscope.linalg.precision import WorkDtype, promote, resolve_work_dtype
 from curvscope.linalg.products import check_product
-from curvscope.linalg.sampling import gaussian
+from curvscope.linalg.space import LocalSpace, space_of
 from curvscope.linalg.storage import BasisStorage, DeviceStorage, StorageFactory, make_storage
 
 #: Reorthogonalise again while a pass keeps less than this fraction of the norm.
@@ -82,7 +82,12 @@ def default_breakdown_tol(dtype: torch.dtype) -> float:
 
 
 def orthogonalize(
-    storage: BasisStorage, W: Tensor, stop: int, extra: Tensor | None = None, min_passes: int = 2
+    storage: BasisStorage,
+    W: Tensor,
+    stop: int,
+    extra: Tensor | None = None,
+    min_passes: int = 2,
+    space: LocalSpace | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Orthogonalise ``W`` against the first ``stop`` stored vectors (and ``extra``), CGS2+.
 
@@ -95,6 +100,8 @@ def orthogonalize(
         min_passes: full passes always made; further passes (up to ``MAX_PASSES``) while a
             pass keeps less than ``REORTH_ETA`` of the norm (the Daniel–Gragg–Kaufman–Stewart
             test). ``1`` suits a vector whose large components were already removed.
+        space: the vector space (default whole local vectors); a sharded space sums the
+            coefficients and norms over the ranks, so every rank takes the same decisions.
 
     Returns:
         ``(h, W, norms)``: accumulated coefficients ``Qᵀ W₀`` ``[stop, B]``, the orthogonal
@@ -109,17 +116,18 @@ def orthogonalize(
         >>> h.tolist(), w.flatten().tolist(), n.tolist()
         ([[2.0]], [0.0, 3.0, 0.0], [3.0])
     """
+    space = LocalSpace(W.shape[0]) if space is None else space
     h = torch.zeros(stop, W.shape[1], dtype=W.dtype, device=W.device)
-    prev = W.norm(dim=0)
+    prev = space.colnorms(W)
     norms = prev
     for p in range(MAX_PASSES):
         if stop > 0:
-            c = storage.project(W, stop)
+            c = space.reduce(storage.project(W, stop))
             W = W - storage.combine(c, stop)
             h = h + c
         if extra is not None and extra.shape[1] > 0:
-            W = W - extra @ (extra.T @ W)
-        norms = W.norm(dim=0)
+            W = W - extra @ space.inner(extra, W)
+        norms = space.colnorms(W)
         if p >= min_passes - 1 and bool((norms >= REORTH_ETA * prev).all()):
             break
         prev = norms
@@ -268,6 +276,7 @@ class _Runs:
     """The state of ``B`` lock-step Lanczos runs while they are built."""
 
     store: BasisStorage
+    space: LocalSpace
     alpha: Tensor
     beta: Tensor
     lengths: Tensor
@@ -277,14 +286,15 @@ class _Runs:
     done: int = 0
 
 
-def _start_block(D: int, v0: Tensor | None, gen: torch.Generator, dtype, device) -> tuple[Tensor, bool]:
+def _start_block(space: LocalSpace, v0: Tensor | None, gen: torch.Generator, dtype, device) -> tuple[Tensor, bool]:
     if v0 is None:
-        V = gaussian(D, 1, gen, dtype, device)
-        return V / V.norm(dim=0), True
-    if v0.ndim not in (1, 2) or v0.shape[0] != D:
-        raise ValueError(f"v0 must be [{D}] or [{D}, B], got {tuple(v0.shape)}")
-    V = v0.reshape(D, -1).to(dtype=dtype, device=device)
-    norms = V.norm(dim=0)
+        V = space.gaussian(1, gen, dtype, device)
+        return V / space.colnorms(V), True
+    d = space.local_dim
+    if v0.ndim not in (1, 2) or v0.shape[0] != d:
+        raise ValueError(f"v0 must be [{d}] or [{d}, B], got {tuple(v0.shape)}")
+    V = v0.reshape(d, -1).to(dtype=dtype, device=device)
+    norms = space.colnorms(V)
     if bool((norms == 0).any()) or not bool(torch.isfinite(norms).all()):
         raise ValueError("a start vector is zero or not finite: pass nonzero finite columns in v0")
     return V / norms, v0.ndim == 1
@@ -300,14 +310,14 @@ def _step(A: Any, r: _Runs, j: int, block_size: int | None) -> tuple[Tensor, Ten
         idx = r.active.nonzero().flatten().to(Qj.device)
         W[:, idx] = matmul_blocks(A, Qj[:, idx], block_size)
     r.matvecs += int(r.active.sum())
-    r.scale = torch.maximum(r.scale, W.norm(dim=0))
+    r.scale = torch.maximum(r.scale, r.space.colnorms(W))
     # The three-term step first, then full reorthogonalisation removes only round-off:
     # one pass usually passes the DGKS test, halving the reads of the basis.
     if j > 0:
         W = W - r.beta[:, j - 1] * r.store.column(j - 1)
-    a = (Qj * W).sum(0)
+    a = r.space.coldots(Qj, W)
     W = W - a * Qj
-    h, W, b = orthogonalize(r.store, W, j + 1, min_passes=1)
+    h, W, b = orthogonalize(r.store, W, j + 1, min_passes=1, space=r.space)
     r.alpha[:, j] = a + h[j]
     act = r.active.to(W.device)
     r.beta[:, j] = b * act
@@ -320,10 +330,9 @@ def _breakdown(r: _Runs, j: int, Qn: Tensor, broke: Tensor, breakdown: str, gen,
         r.lengths[broke] = j + 1
         r.active &= ~broke
         return Qn
-    D, B = Qn.shape
-    R = gaussian(D, B, gen, Qn.dtype, Qn.device)
-    r0 = R.norm(dim=0)
-    _, R, rn = orthogonalize(r.store, R, j + 1)
+    R = r.space.gaussian(Qn.shape[1], gen, Qn.dtype, Qn.device)
+    r0 = r.space.colnorms(R)
+    _, R, rn = orthogonalize(r.store, R, j + 1, space=r.space)
     exhausted = (rn <= btol * r0).cpu() & broke
     fresh = (broke & ~exhausted).to(Qn.device)
     Qn = torch.where(fresh, R / rn.clamp(min=torch.finfo(Qn.dtype).tiny), Qn)
@@ -411,17 +420,18 @@ def lanczos(
     block_size = check_block_size(block_size)
     m = min(int(num_steps), D)
     B0 = 1 if v0 is None or v0.ndim == 1 else v0.shape[1]
-    dtype = resolve_work_dtype(work_dtype, op_dtype, D, B0 * (m + 1), storage, device, "lanczos")
+    space = space_of(A)
+    dtype = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, B0 * (m + 1), storage, device, "lanczos")
     A = promote(A, dtype)
     gen = make_generator(seed)
-    V, single = _start_block(D, v0, gen, dtype, device)
+    V, single = _start_block(space, v0, gen, dtype, device)
     B = V.shape[1]
     note = f" (num_steps={num_steps} clamped to D={D})" if m < num_steps else ""
     btol = default_breakdown_tol(dtype) if breakdown_tol is None else float(breakdown_tol)
-    store = make_storage(storage, D, m + 1, B, dtype, device)
+    store = make_storage(storage, space.local_dim, m + 1, B, dtype, device)  # a sharded space: 1/W of D
     store.append(V)
     zeros = torch.zeros(B, m, dtype=dtype, device=device)
-    r = _Runs(store, zeros, zeros.clone(), torch.full((B,), m, dtype=torch.long),
+    r = _Runs(store, space, zeros, zeros.clone(), torch.full((B,), m, dtype=torch.long),
               torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=dtype, device=device))  # fmt: skip
     bar = make_progress(B * m, False if progress is None and callback is not None else progress, "lanczos")
     interrupted = False

@@ -26,6 +26,7 @@ from curvscope.linalg.lanczos import check_block_size, check_operator
 from curvscope.linalg.precision import WorkDtype, promote, resolve_tol, resolve_work_dtype
 from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import gaussian
+from curvscope.linalg.space import refuse_sharded
 from curvscope.operators.fingerprint import operator_fingerprint
 
 #: A checkpoint is written when a group of pairs finishes, and otherwise at most this often (seconds).
@@ -185,6 +186,7 @@ def power_iteration(
         10.0
     """
     t0 = time.perf_counter()
+    refuse_sharded(A, "power_iteration")
     D, op_dtype, device = check_operator(A)
     if not 1 <= k <= D:
         raise ValueError(f"k must be between 1 and {D}, got {k}")

@@ -62,6 +62,7 @@ class Promoted:
     def __init__(self, A: Any, work_dtype: torch.dtype) -> None:
         self.A, self.op_dtype = A, A.dtype
         self.shape, self.dtype, self.device = tuple(A.shape), work_dtype, torch.device(A.device)
+        self.space = getattr(A, "space", None)  # a sharded operator's vectors stay sharded
 
     def __matmul__(self, X: Tensor) -> Tensor:
         return (self.A @ X.to(self.op_dtype)).to(self.dtype)

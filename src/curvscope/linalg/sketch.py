@@ -70,6 +70,7 @@ from curvscope.linalg.sketch_recovery import (
     _Products,
     recover,
 )
+from curvscope.linalg.space import refuse_sharded
 
 __all__ = ["SketchResult", "TestMatrix", "sketch_measurements", "sketched_eigh", "tail_factor"]
 
@@ -370,6 +371,7 @@ def sketched_eigh(
         ([10.0, -5.0, 3.0], 42, True)
     """
     t0 = time.perf_counter()
+    refuse_sharded(A, "sketched_eigh")
     store = _store_argument(store, checkpoint)
     if error_probes < 0 or not 0 < confidence < 1:
         raise ValueError(f"need error_probes >= 0 and 0 < confidence < 1, got {error_probes}, {confidence}")

@@ -36,7 +36,7 @@ from torch import Tensor
 from curvscope.linalg.checkpoint import jsonable, load_state, save_state
 from curvscope.linalg.lanczos import matmul_blocks, orthogonalize
 from curvscope.linalg.products import check_product
-from curvscope.linalg.sampling import gaussian
+from curvscope.linalg.space import LocalSpace
 from curvscope.linalg.storage import BasisStorage, make_storage
 from curvscope.memory import check_budget, vectors_bytes
 from curvscope.operators.fingerprint import tensors_digest
@@ -124,6 +124,7 @@ class Problem:
     gen: torch.Generator
     block_size: int | None
     residuals: str
+    space: LocalSpace  # local or sharded vectors (lengths space.local_dim)
 
     @property
     def config(self) -> dict:
@@ -175,26 +176,27 @@ class Ritz:
 
 def start(P: Problem, v0: Tensor | None, storage: Any, checkpoint, fingerprint: dict | None) -> Krylov:
     """The first basis vector (``v0`` or Gaussian), or the state of the checkpoint's last restart."""
+    d = P.space.local_dim
     q = (
-        gaussian(P.D, 1, P.gen, P.dtype, P.device)
+        P.space.gaussian(1, P.gen, P.dtype, P.device)
         if v0 is None
-        else v0.reshape(P.D, 1).to(dtype=P.dtype, device=P.device)
+        else v0.reshape(d, 1).to(dtype=P.dtype, device=P.device)
     )
     if P.Qd is not None:
-        q = q - P.Qd @ (P.Qd.T @ q)
-    if float(q.norm()) == 0:
+        q = q - P.Qd @ P.space.inner(P.Qd, q)
+    if float(P.space.norm(q)) == 0:
         raise ValueError("the start vector is zero (or inside the deflated space): pass another v0 or seed")
     if storage in ("device", "host"):  # memory guard: refuse before allocating a basis that cannot fit
         where = P.device if storage == "device" else torch.device("cpu")
-        check_budget(vectors_bytes(P.D, P.ncv + 1, P.dtype), f"the eigsh basis ({P.ncv + 1} vectors of D={P.D}, "
-                     f"{P.dtype})", ["storage='disk'", "storage='host'" if where.type == "cuda" else
+        check_budget(vectors_bytes(d, P.ncv + 1, P.dtype), f"the eigsh basis ({P.ncv + 1} vectors of {d} "
+                     f"coordinates, {P.dtype})", ["storage='disk'", "storage='host'" if where.type == "cuda" else
                      "a smaller k or ncv"], where)  # fmt: skip
     K = Krylov(
-        make_storage(storage, P.D, P.ncv + 1, 1, P.dtype, P.device), torch.zeros(P.ncv, P.ncv, dtype=torch.float64)
+        make_storage(storage, d, P.ncv + 1, 1, P.dtype, P.device), torch.zeros(P.ncv, P.ncv, dtype=torch.float64)
     )
     state = load_state(checkpoint, P.config, P.gen, fingerprint)
     if state is None:
-        K.store.append(q / q.norm())
+        K.store.append(q / P.space.norm(q))
         return K
     tensors, values = state  # continue from the last thick restart: same basis, counters, random stream
     for j in range(tensors["basis"].shape[1]):
@@ -210,16 +212,16 @@ def lanczos_step(P: Problem, K: Krylov) -> None:
     x = K.store.column(n)
     w = check_product(x, P.A @ x, "eigsh")
     K.matvecs += 1
-    K.scale = max(K.scale, float(w.norm()))
-    h, w, b = orthogonalize(K.store, w, n + 1, P.Qd)
+    K.scale = max(K.scale, float(P.space.norm(w)))
+    h, w, b = orthogonalize(K.store, w, n + 1, P.Qd, space=P.space)
     hv = h[:, 0].to("cpu", torch.float64)
     K.H[: n + 1, n] = hv
     K.H[n, : n + 1] = hv
     b = float(b[0])
     if b <= P.btol * K.scale:  # invariant subspace: continue with a fresh direction
-        R = gaussian(P.D, 1, P.gen, P.dtype, P.device)
-        r0 = float(R.norm())
-        _, R, rn = orthogonalize(K.store, R, n + 1, P.Qd)
+        R = P.space.gaussian(1, P.gen, P.dtype, P.device)
+        r0 = float(P.space.norm(R))
+        _, R, rn = orthogonalize(K.store, R, n + 1, P.Qd, space=P.space)
         K.exhausted = n + 1 >= P.n_eff or float(rn[0]) <= P.btol * r0
         qn, b = (torch.zeros_like(R) if K.exhausted else R / rn), 0.0
     else:
@@ -286,7 +288,7 @@ def certify(P: Problem, K: Krylov, V: Tensor, lam: Tensor, est: Tensor) -> tuple
     if P.residuals == "true":
         AV = matmul_blocks(P.A, V, P.block_size)
         K.matvecs += V.shape[1]
-        return (AV - V * lam.to(dtype=P.dtype, device=P.device)).norm(dim=0).to("cpu", torch.float64), "true"
+        return P.space.colnorms(AV - V * lam.to(dtype=P.dtype, device=P.device)).to("cpu", torch.float64), "true"
     if P.residuals == "estimated":
         n = K.n
         C = torch.randn(n, 2, generator=P.gen, dtype=torch.float64)
@@ -295,5 +297,5 @@ def certify(P: Problem, K: Krylov, V: Tensor, lam: Tensor, est: Tensor) -> tuple
         K.matvecs += 2
         pred = K.store.combine((K.H[:n, :n] @ C).to(dtype=P.dtype, device=P.device), n)
         pred = pred + K.store.column(n) * (K.beta_last * C[-1]).to(dtype=P.dtype, device=P.device)
-        return est + math.sqrt(n) * float((AZ - pred).norm(dim=0).max()), "estimated"
+        return est + math.sqrt(n) * float(P.space.colnorms(AZ - pred).max()), "estimated"
     return est, "ritz"

@@ -50,6 +50,7 @@ from curvscope.linalg.lanczos import check_operator
 from curvscope.linalg.precision import WorkDtype, promote, resolve_work_dtype
 from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import probes
+from curvscope.linalg.space import LocalSpace, space_of
 from curvscope.operators.fingerprint import check_fingerprint
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
@@ -192,7 +193,13 @@ class _Products:
 def _setup(A, method, num_matvecs, seed, block_size, progress, checkpoint, work_dtype, what, probe="rademacher"):
     """Operator in the working dtype, generator, products and the relative rank tolerance of a run."""
     D, op_dtype, device = check_operator(A)
-    wd = resolve_work_dtype(work_dtype, op_dtype, D, 2 * num_matvecs, "device", device, what)
+    space = space_of(A)
+    if space.sharded and (method in ("xtrace", "xdiag") or checkpoint is not None):
+        raise ValueError(
+            f"{what}: a sharded operator supports method='hutchinson' or 'hutch++' without checkpoint= "
+            f"(XTrace/XDiag need a QR factor R of sharded vectors, not implemented), got method={method!r}"
+        )
+    wd = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, 2 * num_matvecs, "device", device, what)
     W = promote(A, wd)
     gen = make_generator(seed)
     config = {"what": what, "method": method, "D": D, "num_matvecs": num_matvecs, "probe": probe,
@@ -203,7 +210,7 @@ def _setup(A, method, num_matvecs, seed, block_size, progress, checkpoint, work_
     # noisy to tell a small bulk from round-off (bf16: 0.4%), so they never claim exactness this way
     op_eps = torch.finfo(op_dtype).eps
     rank_tol = 1e3 * torch.finfo(wd).eps if op_eps > 1e-4 else max(1e3 * torch.finfo(wd).eps, 10 * op_eps)
-    return D, wd, device, gen, mv, rank_tol
+    return (space if space.sharded else D), wd, device, gen, mv, rank_tol
 
 
 def _mean_se(x: Tensor, dim: int = -1) -> tuple[Tensor, Tensor]:
@@ -232,8 +239,14 @@ def _xsketch(mv: _Products, D: int, n: int, gen, probe, dtype, device, rank_tol:
 
 
 # ------------------------------------------------------------------------------- estimators
+def _space(D: int | LocalSpace) -> LocalSpace:
+    """The runs receive ``D`` (whole vectors) or a sharded space (see :mod:`curvscope.linalg.space`)."""
+    return D if isinstance(D, LocalSpace) else LocalSpace(D)
+
+
 def _hutchinson(mv, D, m, gen, probe, dtype, device, rank_tol):
-    samples = mv(probes(probe, D, m, gen, dtype, device), "AZ", _quadratic)
+    sp = _space(D)
+    samples = sp.reduce(mv(sp.probes(probe, m, gen, dtype, device), "AZ", _quadratic))
     est, se = _mean_se(samples)
     return est, se, samples, m, Status.COMPLETED, ""
 
@@ -241,11 +254,12 @@ def _hutchinson(mv, D, m, gen, probe, dtype, device, rank_tol):
 def _hutchpp(mv, D, m, gen, probe, dtype, device, rank_tol):
     k = m // 3
     n_g = m - 2 * k
-    Q = torch.linalg.qr(mv(probes(probe, D, k, gen, dtype, device), "AS")).Q
-    low = (Q * mv(Q, "AQ")).sum()
-    G = probes(probe, D, n_g, gen, dtype, device)
-    Gp = G - Q @ (Q.T @ G)
-    samples = mv(Gp, "AG", _quadratic)
+    sp = _space(D)
+    Q = sp.orthonormalize(mv(sp.probes(probe, k, gen, dtype, device), "AS"))
+    low = sp.reduce((Q * mv(Q, "AQ")).sum())
+    G = sp.probes(probe, n_g, gen, dtype, device)
+    Gp = G - Q @ sp.inner(Q, G)
+    samples = sp.reduce(mv(Gp, "AG", _quadratic))
     mean, se = _mean_se(samples)
     return low + mean, se, samples, m, Status.COMPLETED, ""
 
@@ -339,7 +353,7 @@ def trace(
 
 
 def _diag_hutchinson(mv, D, m, gen, dtype, device, rank_tol):
-    est, se = _mean_se(mv(probes("rademacher", D, m, gen, dtype, device), "AZ", _hadamard), dim=1)
+    est, se = _mean_se(mv(_space(D).probes("rademacher", m, gen, dtype, device), "AZ", _hadamard), dim=1)
     return est, se, m, Status.COMPLETED, ""
 
 
