@@ -20,7 +20,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path, mode: str, timeout: float = 120):
+def launch(tmp_path, mode: str, timeout: float = 120, world: int = 2, script: str = "dist_worker.py", args=()):
+    """Start ``world`` gloo workers ``script RANK WORLD PORT OUTDIR MODE *args``; their codes, logs and wall time."""
     port = str(free_port())
     env = {
         **os.environ,
@@ -29,12 +30,12 @@ def launch(tmp_path, mode: str, timeout: float = 120):
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "dist_worker.py"), str(r), "2", port, str(tmp_path), mode],
+            [sys.executable, os.path.join(HERE, script), str(r), str(world), port, str(tmp_path), mode, *args],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        for r in range(2)
+        for r in range(world)
     ]
     t0 = time.time()
     outs = [p.communicate(timeout=timeout)[0].decode() for p in procs]

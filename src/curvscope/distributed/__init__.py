@@ -11,7 +11,10 @@ Why not run the algorithm on rank 0 and broadcast? It would need every algorithm
 written twice (driver and worker loops); identical replicated execution costs only a few
 ``D``-sized vector operations per product, small next to the product itself.
 
-Model sharding (FSDP) is not supported: each rank holds the whole model.
+Model sharding: :mod:`curvscope.distributed.fsdp` (:class:`ShardedCurvature`) measures a model
+wrapped with FSDP2's ``fully_shard``; its Krylov vectors are sharded like the parameters and the
+algorithms reduce their inner products through the operator's vector space
+(:mod:`curvscope.linalg.space`). It is imported on first use (it needs ``torch.distributed.fsdp``).
 """
 
 from curvscope.distributed.comm import (
@@ -23,4 +26,21 @@ from curvscope.distributed.comm import (
     shard_batches,
 )
 
-__all__ = ["DistributedError", "all_reduce_sum", "get_rank", "get_world_size", "is_distributed", "shard_batches"]
+__all__ = [
+    "DistributedError",
+    "ShardedCurvature",
+    "all_reduce_sum",
+    "gather_vectors",
+    "get_rank",
+    "get_world_size",
+    "is_distributed",
+    "shard_batches",
+]
+
+
+def __getattr__(name: str):
+    if name in ("ShardedCurvature", "gather_vectors"):  # lazily: linalg imports this package's comm
+        from curvscope.distributed import fsdp
+
+        return getattr(fsdp, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

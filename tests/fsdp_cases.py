@@ -1,0 +1,66 @@
+"""Problems and computations of the FSDP2 tests: one process on all batches vs W ranks sharded."""
+
+import functools
+
+import torch
+from torch import nn
+
+from curvscope import Hessian, eigsh, spectral_density
+
+PROBLEMS = ("mlp", "gpt2")
+
+
+def make_problem(name: str):
+    """``(model, loss_fn, batches)`` in float64: 8 uneven batches (round-robin gives uneven shards)."""
+    g = torch.Generator().manual_seed(0)
+    if name == "mlp":
+        model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 6)).double()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+        x = torch.randn(37, 5, generator=g, dtype=torch.float64)
+        y = torch.arange(37) % 6
+        return model, nn.CrossEntropyLoss(), [(x[i : i + 5], y[i : i + 5]) for i in range(0, 37, 5)]
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=16, n_positions=6, n_embd=8, n_layer=1, n_head=2, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="eager")  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config).double()
+    ids = torch.randint(0, 16, (11, 6), generator=g)
+    labels = ids.clone()
+    labels[::3, :2] = -100  # token units differ between batches
+    return model, None, [{"input_ids": ids[i : i + 2], "labels": labels[i : i + 2]} for i in range(0, 11, 2)]
+
+
+def wrap(model: nn.Module) -> nn.Module:
+    """``fully_shard`` per block (Linear layers / transformer blocks), then the root, as the CLI does."""
+    from curvscope.distributed.fsdp import wrap_fsdp
+
+    return wrap_fsdp(model)
+
+
+def probe_vectors(D: int) -> torch.Tensor:
+    return torch.randn(D, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def compute(A, local=lambda X: X) -> dict:
+    """Products, top-4 eigenpairs and an SLQ density of ``A`` (sharded or not): replicated scalars."""
+    D = A.shape[0]
+    out = {"hv": A @ local(probe_vectors(D))}
+    top = eigsh(A, k=4, which="LA", tol=1e-9, num_matvecs=300, seed=0)
+    out.update(eig=top.eigenvalues, res=top.residuals, converged=top.converged, anorm=torch.tensor(top.anorm),
+               tol=torch.tensor(top.tol), vectors=top.eigenvectors)  # fmt: skip
+    dens = spectral_density(A, "slq", num_probes=3, num_steps=10, seed=0)
+    out["slq_nodes"], out["slq_weights"] = dens.nodes, dens.weights
+    basis = eigsh(A, k=20, which="LA", num_matvecs=45, residuals="ritz", seed=0)
+    out["basis_nbytes"] = torch.tensor(basis.basis_nbytes)
+    return out
+
+
+@functools.lru_cache
+def single(name: str) -> dict:
+    """The single-process float64 reference."""
+    model, loss_fn, batches = make_problem(name)
+    return compute(Hessian(model, loss_fn, batches))
