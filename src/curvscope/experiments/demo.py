@@ -9,6 +9,7 @@ from curvscope.data import batches, load_dataset
 from curvscope.experiments import instruments as ins
 from curvscope.experiments.registry import Context, Recipe
 from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
+from curvscope.metrics import gradient_confinement, magnitude_mask, mask_overlap, split_spectrum
 from curvscope.models import build_model
 from curvscope.operators import GGN, Hessian, Residual
 from curvscope.train import TrainConfig, train
@@ -18,9 +19,29 @@ TOP_K = 20
 
 def run_demo(run: RunDir, ctx: Context) -> None:
     """Train (a few seconds), then eigenpairs, densities of H / G / H_res, trace, confinement, mask overlap."""
-    from curvscope.metrics import gradient_confinement, magnitude_mask, mask_overlap, split_spectrum
-
     dtype = torch.float64  # small model: float64 makes the residual certificates meaningful
+    model, data = _trained_mlp(run, ctx, dtype)
+    loss_fn = nn.CrossEntropyLoss()
+    parts = batches(data, 600)
+    H, G, R = (Op(model, loss_fn, parts) for Op in (Hessian, GGN, Residual))
+    run.metric("num_parameters", H.shape[0])
+
+    top = _certified_eigenpairs(run, ctx, H)
+    _densities(run, ctx, top, {"H": H, "G": G, "Hres": R})
+    _gauss_newton_split(run, ctx, H, G, R, dtype)
+    tr = ins.trace_estimate(run, "trace_H", H, seed=ctx.seed)
+    run.metric("trace_H", f"{tr['estimate']:.4g} ± {tr['stderr']:.2g} (XTrace, {tr['num_matvecs']} products)")
+
+    split = split_spectrum(top["eigenvalues"])
+    run.metric("outliers_by_largest_gap", int(split.num_outliers))
+    Q = top["eigenvectors"].to(dtype)
+    _gradient_confinement(run, H, Q, top)
+    _magnitude_mask_overlap(run, H, Q, top)
+    _figures(run, top)
+
+
+def _trained_mlp(run: RunDir, ctx: Context, dtype: torch.dtype):
+    """The MLP 64-32-32-10 trained on digits (resumable step ``train``), and the data set."""
     data = load_dataset("digits", dtype=dtype)
     model = build_model("mlp", seed=ctx.seed, dtype=dtype, in_features=64, widths=(32, 32), num_classes=10)
     config = TrainConfig(lr=0.05, momentum=0.9, batch_size=64, epochs=4, seed=ctx.seed)
@@ -39,13 +60,11 @@ def run_demo(run: RunDir, ctx: Context) -> None:
     model.load_state_dict({k: fitted[k] for k in model.state_dict()})
     run.metric("train_loss", fitted["final_loss"])
     run.metric("train_accuracy", fitted["final_accuracy"])
+    return model, data
 
-    loss_fn = nn.CrossEntropyLoss()
-    parts = batches(data, 600)
-    H, G, R = (Op(model, loss_fn, parts) for Op in (Hessian, GGN, Residual))
-    D = H.shape[0]
-    run.metric("num_parameters", D)
 
+def _certified_eigenpairs(run: RunDir, ctx: Context, H: Hessian) -> dict:
+    """Top-``TOP_K`` eigenpairs of H, with the claim that every residual certificate holds."""
     top = ins.eigenpairs(run, "top_H", H, TOP_K, seed=ctx.seed, progress=ctx.progress)
     ok = top["converged"].bool()
     run.claim(
@@ -60,9 +79,14 @@ def run_demo(run: RunDir, ctx: Context) -> None:
             inputs=ins.statuses(eigsh_H=top),
         )
     )
-    for name, op in (("H", H), ("G", G), ("Hres", R)):
+    return top
+
+
+def _densities(run: RunDir, ctx: Context, top: dict, operators: dict) -> None:
+    """SLQ densities of H, G and H_res; the largest Ritz value of H checked against eigsh's λ_max."""
+    for name, op in operators.items():
         ins.density(run, f"density_{name}", op, num_probes=8, num_steps=80, seed=ctx.seed, progress=ctx.progress)
-    dens_H = run.step("density_H", dict)
+    dens_H = run.step("density_H", dict)  # already done above: this only reads it back
     lam1 = top["eigenvalues"][0].item()
     gap = abs(dens_H["top_ritz"] - lam1) / abs(lam1)
     run.claim(
@@ -78,8 +102,12 @@ def run_demo(run: RunDir, ctx: Context) -> None:
         )
     )
 
+
+def _gauss_newton_split(run: RunDir, ctx: Context, H: Hessian, G: GGN, R: Residual, dtype: torch.dtype) -> None:
+    """Sanity claim: H v = G v + H_res v on three random vectors."""
+
     def identity():
-        v = torch.randn(D, 3, dtype=dtype, generator=torch.Generator().manual_seed(ctx.seed))
+        v = torch.randn(H.shape[0], 3, dtype=dtype, generator=torch.Generator().manual_seed(ctx.seed))
         hv, split = H @ v, G @ v + R @ v
         return {"rel_error": ((hv - split).norm() / hv.norm()).item()}
 
@@ -95,12 +123,11 @@ def run_demo(run: RunDir, ctx: Context) -> None:
             kind="sanity",
         )
     )
-    tr = ins.trace_estimate(run, "trace_H", H, seed=ctx.seed)
-    run.metric("trace_H", f"{tr['estimate']:.4g} ± {tr['stderr']:.2g} (XTrace, {tr['num_matvecs']} products)")
 
-    split = split_spectrum(top["eigenvalues"])
-    run.metric("outliers_by_largest_gap", int(split.num_outliers))
-    Q = top["eigenvectors"].to(dtype)
+
+def _gradient_confinement(run: RunDir, H: Hessian, Q: torch.Tensor, top: dict) -> None:
+    """Share of the full-batch gradient in the top-1, 9 and ``TOP_K`` eigenspaces (reported)."""
+    D = H.shape[0]
 
     def confinement():
         g = H.gradient()
@@ -121,6 +148,11 @@ def run_demo(run: RunDir, ctx: Context) -> None:
         )
     )
 
+
+def _magnitude_mask_overlap(run: RunDir, H: Hessian, Q: torch.Tensor, top: dict) -> None:
+    """Overlap of the k largest-magnitude weights with the top-k eigenspace, over chance k/D (reported)."""
+    D = H.shape[0]
+
     def overlap():
         ks = [5, 10, TOP_K]
         ratios = [mask_overlap(magnitude_mask(H.problem.values, k), Q[:, :k]) / (k / D) for k in ks]
@@ -140,6 +172,9 @@ def run_demo(run: RunDir, ctx: Context) -> None:
         )
     )
 
+
+def _figures(run: RunDir, top: dict) -> None:
+    """Densities with the top eigenvalues marked, the top-k spectrum, training loss, mask overlap vs k."""
     run.figure(
         ins.density_figure(
             "densities",
