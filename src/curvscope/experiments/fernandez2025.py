@@ -263,12 +263,26 @@ def _at(r: dict, key: str, k: int, ks) -> float:
 
 
 def _claims(run: RunDir, cfg: Settings, res) -> None:
-    ks, names = cfg.ks, [n.name for n in cfg.nets]
+    """Every claim of the run, in the order the report lists them, then the eigensolves' info."""
+    names = [n.name for n in cfg.nets]
+    cks = [k for k in CLAIM_KS if k in cfg.ks] or list(cfg.ks)  # a custom k grid without 50–200: its own ks
+    final = {i: rs[-1] for i, rs in res.items()}
+    _random_mask_claim(run, cfg, res, names)
+    _trained_mask_claims(run, cfg, final, names, cks)
+    _reported_mask_claims(run, cfg, res, final, names, cks)
+    _sketch_claims(run, cfg, final, names, cks)
+    for i, rs in res.items():
+        run.metric(f"eig_info_net{i}", [r["info"] for r in rs])
 
-    def space(rs: dict) -> dict:  # statuses of the eigenspaces (final snapshot of every net) a claim rests on
-        return {f"{rs_i['method']} {names[i]}": rs_i["info"].get("status", "unverified") for i, rs_i in rs.items()}
 
-    cks = [k for k in CLAIM_KS if k in ks] or list(ks)  # a custom k grid without 50–200: its own ks
+def _eigenspace_statuses(rs: dict, names: list[str]) -> dict:
+    """Statuses of the eigenspaces (final snapshot of every net) a claim rests on."""
+    return {f"{rs_i['method']} {names[i]}": rs_i["info"].get("status", "unverified") for i, rs_i in rs.items()}
+
+
+def _random_mask_claim(run: RunDir, cfg: Settings, res, names: list[str]) -> None:
+    """Sanity: the Monte-Carlo mean of random masks is 1 (chance) within 4 standard errors everywhere."""
+    ks = cfg.ks
     z = {}
     for i, rs in res.items():
         for j, r in enumerate(rs):
@@ -285,7 +299,11 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         all(abs(v) <= 4 for v in z.values()),
         "identity: E[overlap] = k/D for a uniformly random mask (docs/science.md)", kind="sanity",
     ))  # fmt: skip
-    final = {i: rs[-1] for i, rs in res.items()}
+
+
+def _trained_mask_claims(run: RunDir, cfg: Settings, final: dict, names: list[str], cks: list[int]) -> None:
+    """After training: magnitude masks above chance, in the measured range, higher for the larger net."""
+    ks = cfg.ks
     above = {f"{names[i]}, k={k}": [round(_at(r, "magnitude", k, ks), 2), round(_at(r, "random_hi", k, ks), 2)]
              for i, r in final.items() for k in cks}  # fmt: skip
     run.claim(Claim(
@@ -295,7 +313,7 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         above,
         f"magnitude ratio > 97.5% quantile of random masks, k ∈ {cks}, every net",
         all(m > hi for m, hi in above.values()),
-        SOURCE, kind="paper", inputs=space(final),
+        SOURCE, kind="paper", inputs=_eigenspace_statuses(final, names),
     ))  # fmt: skip
     ref = {f"k={k}": round(_at(final[0], "magnitude", k, ks), 3) for k in cks}
     run.claim(Claim(
@@ -304,7 +322,7 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         ref,
         f"1.5 ≤ ratio ≤ 5 at k = {cks} (range measured here)",
         all(1.5 <= v <= 5 for v in ref.values()),
-        GUARD, kind="regression", inputs=space({0: final[0]}),
+        GUARD, kind="regression", inputs=_eigenspace_statuses({0: final[0]}, names),
     ))  # fmt: skip
     last = len(cfg.nets) - 1
     sizes = {f"k={k}": [round(_at(final[0], "magnitude", k, ks), 2), round(_at(final[last], "magnitude", k, ks), 2)]
@@ -315,8 +333,13 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         sizes,
         f"ratio({names[last]}) > ratio({names[0]}) at k = {cks}",
         all(b > a for a, b in sizes.values()),
-        SOURCE, kind="paper", inputs=space(final),
+        SOURCE, kind="paper", inputs=_eigenspace_statuses(final, names),
     ))  # fmt: skip
+
+
+def _reported_mask_claims(run: RunDir, cfg: Settings, res, final: dict, names: list[str], cks: list[int]) -> None:
+    """Reported, not asserted: k = 10 at each snapshot, the layer-matched control, the ratio at init."""
+    ks = cfg.ks
     k10 = {names[i]: [round(_at(r, "magnitude", 10, ks), 2) for r in rs] for i, rs in res.items()} if 10 in ks else {}
     run.claim(Claim(
         "magnitude_mask_k10",
@@ -347,9 +370,6 @@ def _claims(run: RunDir, cfg: Settings, res) -> None:
         None,
         SOURCE, kind="paper",
     ))  # fmt: skip
-    _sketch_claims(run, cfg, final, names, cks)
-    for i, rs in res.items():
-        run.metric(f"eig_info_net{i}", [r["info"] for r in rs])
 
 
 def _sketch_claims(run: RunDir, cfg: Settings, final: dict, names: list[str], cks: list[int]) -> None:
