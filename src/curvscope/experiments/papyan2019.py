@@ -45,7 +45,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -55,8 +54,9 @@ from torch import nn
 
 from curvscope.data import balanced_subset, batches, load_dataset
 from curvscope.experiments import instruments as ins
+from curvscope.experiments.papyan2019_figures import figures
 from curvscope.experiments.registry import Context, Recipe
-from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
+from curvscope.experiments.run import Claim, RunDir
 from curvscope.linalg import eigsh
 from curvscope.metrics import subspace_overlap
 from curvscope.models import build_model
@@ -130,11 +130,6 @@ FULL = Settings(
     identity_params=("classifier.4.*",),
     rank_rtol=1e-5,  # the factors are float32
 )
-
-
-def _deep(fig: Figure) -> Figure:
-    """A density figure whose log axis reaches 9 decades below the highest peak (low-rank terms spike at 0)."""
-    return dataclasses.replace(fig, ymin_ratio=1e-9)
 
 
 def _settings(ctx: Context) -> Settings:
@@ -297,10 +292,18 @@ def run_papyan(run: RunDir, ctx: Context) -> None:
             if si == 0 and final:
                 ident = _identities(run, model, data, cfg, ctx, device)
     _claims(run, cfg, results, ident, steps, spe, C, sum(p.numel() for p in model.parameters()))
-    _figures(run, cfg, results, density_steps, steps, spe, C)
+    figures(run, cfg, results, density_steps, steps, spe, C)
 
 
 def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C, D) -> None:
+    """Identity checks of the split, then the outlier claims, then per-snapshot overlap metrics."""
+    _identity_claims(run, cfg, results, ident, steps, C)
+    _outlier_claims(run, cfg, results, steps, spe, C, D)
+    _overlap_metrics(run, cfg, results, ident)
+
+
+def _identity_claims(run: RunDir, cfg: Settings, results, ident, steps, C) -> None:
+    """Sanity: the class-structure split adds up, its within terms are PSD, rank G_B = C(C−1)."""
     sizes = ", ".join(f"N={n}" for n in cfg.sizes)
     run.claim(Claim(
         "decomposition_identities",
@@ -330,9 +333,14 @@ def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C, D) -> Non
         SANITY, kind="sanity", inputs={"SVD of the factor": "exact"},
     ))  # fmt: skip
 
-    def eig_inputs(rows) -> dict:
-        return {f"eigsh {m} (N={n}, step {s})": r.get(f"status_{m}", "unverified") for n, s, r in rows for m in "HG"}
 
+def _eigsh_statuses(rows) -> dict:
+    """Statuses of the H and G eigensolves at the ``(N, step, result)`` snapshots a claim rests on."""
+    return {f"eigsh {m} (N={n}, step {s})": r.get(f"status_{m}", "unverified") for n, s, r in rows for m in "HG"}
+
+
+def _outlier_claims(run: RunDir, cfg: Settings, results, steps, spe, C, D) -> None:
+    """The top eigenspace lies in the cross-class span, H's outliers are G's, the C(C−1) mini-outliers."""
     finals = [(n, steps[-1], results[n][-1]) for n in cfg.sizes]
     ov_final = {f"N={n}, step {s}": round(r["overlap_cross_means"], 4) for n, s, r in finals}
     chance = min(1.0, C * C / D)
@@ -343,7 +351,7 @@ def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C, D) -> Non
         f"overlap > {MAJORITY} (more of the eigenspace inside the span than outside; chance C²/D = {chance:.3f}) "
         "at the last snapshot of each training-set size",
         min(ov_final.values()) > MAJORITY,
-        SOURCE, kind="paper", inputs=eig_inputs(finals),
+        SOURCE, kind="paper", inputs=_eigsh_statuses(finals),
     ))  # fmt: skip
     late = [(n, s, r) for n in cfg.sizes for s, r in zip(steps, results[n]) if s >= 2 * spe]
     ov = {f"N={n}, step {s}": round(r["overlap_cross_means"], 4) for n, s, r in late}
@@ -353,7 +361,7 @@ def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C, D) -> Non
         ov or "no snapshot after 2 epochs",
         "overlap ≥ 0.9 at every snapshot with step ≥ 2 epochs of N=" + str(cfg.sizes[0]) + " (0.9: measured here)",
         min(ov.values()) >= 0.9 if ov else None,
-        GUARD, kind="regression", inputs=eig_inputs(late),
+        GUARD, kind="regression", inputs=_eigsh_statuses(late),
     ))  # fmt: skip
     after = [(n, s, r) for n in cfg.sizes for s, r in zip(steps, results[n]) if s >= spe]
     hg = {f"N={n}, step {s}": round(r["rel_diff_HG"], 4) for n, s, r in after}
@@ -364,7 +372,7 @@ def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C, D) -> Non
         f"max_i |λ_i(H) − λ_i(G)| / λ_i(H) ≤ 0.10 over the top {C - 1}, at every snapshot with step ≥ 1 epoch "
         "(10%: measured here)",
         max(hg.values()) <= 0.10 if hg else None,
-        GUARD, kind="regression", inputs=eig_inputs(after),
+        GUARD, kind="regression", inputs=_eigsh_statuses(after),
     ))  # fmt: skip
     n0, last = cfg.sizes[0], results[cfg.sizes[0]][-1]
     mini = last["eig_cross"][: C * (C - 1)]
@@ -377,100 +385,15 @@ def _claims(run: RunDir, cfg: Settings, results, ident, steps, spe, C, D) -> Non
         None,
         SOURCE, kind="paper",
     ))  # fmt: skip
+
+
+def _overlap_metrics(run: RunDir, cfg: Settings, results, ident) -> None:
+    """Per-snapshot overlaps and λ_max for every size, and the identity errors (reported as metrics)."""
     for n in cfg.sizes:
         run.metric(f"overlap_class_means_N{n}", [round(r["overlap_class_means"], 3) for r in results[n]])
         run.metric(f"overlap_papyan_means_N{n}", [round(r["overlap_papyan_means"], 3) for r in results[n]])
         run.metric(f"lambda_max_H_N{n}", [round(r["eig_H"][0].item(), 4) for r in results[n]])
     run.metric("identity_errors", {k: f"{v:.1e}" for k, v in ident["errors"].items()})
-
-
-def _label(s: int, spe: int) -> str:
-    return f"step {s} (epoch {s / spe:g})"
-
-
-def _figures(run: RunDir, cfg: Settings, results, density_steps, steps, spe, C) -> None:
-    n0 = cfg.sizes[0]
-    term_labels = {"G": "G", "Hres": "H_res", "class": "G_class", "cross": "G_cross", "within": "G_within"}
-    for (n, s), by_name in density_steps.items():
-        epochs = s / steps_per_epoch(n, TrainConfig(epochs=1, batch_size=cfg.batch_size))
-        run.figure(_deep(ins.density_figure(
-            f"terms_N{n}_step{s}",
-            f"N={n}, step {s} (epoch {epochs:g}): G, H_res and the class-structure terms",
-            {term_labels[k]: by_name[k] for k in term_labels},
-            caption=f"SLQ densities (log scale) at N={n}, step {s}. G_class (rank ≤ C) and G_cross (rank ≤ C(C−1)) "
-            "carry the outliers, G_within the bulk; H_res carries the negative eigenvalues.",
-        )))  # fmt: skip
-    run.figure(ins.density_figure(
-        "H_over_training",
-        f"Hessian density over training, N={n0}",
-        {_label(s, spe): density_steps[(n0, s)]["H"] for s in steps},
-        caption="SLQ densities of H (log scale) at each snapshot: the outliers leave the bulk as training proceeds.",
-    ))  # fmt: skip
-    final = steps[-1]
-    both = {f"{term} N={n}": density_steps[(n, final)][key] for n in cfg.sizes for key, term in
-            (("G", "G"), ("within", "G_within"), ("Hres", "H_res"))}  # fmt: skip
-    run.figure(ins.density_figure(
-        "sample_size",
-        f"sample size at step {final}: G, G_within and H_res for N = {' and '.join(map(str, cfg.sizes))}",
-        both,
-        caption="Same SGD steps on nested class-balanced training sets (the smaller one sees more epochs). Papyan: "
-        "the outliers come from the class / cross-class means, the bulk from the within-class scatter.",
-    ))  # fmt: skip
-    run.figure(ins.density_figure(
-        "papyan_split",
-        f"Papyan's split G = G_B + G_W at step {final}, N={n0}",
-        {"G": density_steps[(n0, final)]["G"], "G_B": density_steps[(n0, final)]["G_B"],
-         "G_W": density_steps[(n0, final)]["G_W"]},
-        caption=f"G_B (p-weighted cross-class means, rank C(C−1) = {C * (C - 1)}) holds the outliers; G_W the bulk.",
-    ))  # fmt: skip
-    last = f"measure_N{n0}_s{final}"
-    run.figure(Figure(
-        "hierarchy",
-        f"three-level hierarchy at step {final}, N={n0}: eigenvalues by rank",
-        "rank", "eigenvalue (log scale)", logy=True, ymin_ratio=1e-4,
-        series=[{"label": "top-(C−1) of H (eigsh)", "y": array_ref(last, "eig_H"), "style": "scatter"},
-                {"label": "G_class (exact, rank ≤ C)", "y": array_ref(last, "eig_class"), "style": "scatter"},
-                {"label": "G_cross (exact, rank ≤ C(C−1))", "y": array_ref(last, "eig_cross"), "style": "scatter"},
-                {"label": "G_B (exact)", "y": array_ref(last, "eig_G_B"), "style": "scatter", "size": 5}],
-        vlines=[{"x": C - 1, "label": "C − 1"}, {"x": C * (C - 1), "color": "red", "label": "C(C−1)"}],
-        caption="Eigenvalues of the low-rank terms from their factors: C−1 outliers, then C(C−1) mini-outliers from "
-        "the cross-class term, then zero (round-off).",
-    ))  # fmt: skip
-    run.figure(Figure(
-        "rank_G_B",
-        f"singular values of the G_B factor over training, N={n0}",
-        "rank", "singular value / largest (log scale)", logy=True, ymin_ratio=1e-18,
-        series=[{"label": _label(s, spe), "y": (r["eig_G_B"] / r["eig_G_B"][0]).sqrt().tolist(), "marker": "."}
-                for r, s in zip(results[n0], steps)],
-        vlines=[{"x": C * (C - 1), "color": "red", "label": f"C(C−1) = {C * (C - 1)}"}],
-        hlines=[{"y": cfg.rank_rtol, "label": f"rank threshold {cfg.rank_rtol:g}"}],
-        caption="G_B = F Fᵀ with F the p-weighted cross-class means (scaled): its singular values drop to round-off "
-        "after exactly C(C−1) at every snapshot.",
-    ))  # fmt: skip
-    run.figure(Figure(
-        "overlap_over_training",
-        f"top-{C - 1} eigenspace of H vs the span of gradient means",
-        "SGD step", "overlap (mean cos² of principal angles)",
-        series=[s for n in cfg.sizes for s in (
-            {"label": f"C² cross-class means, N={n}", "x": steps, "marker": "o",
-             "y": [r["overlap_cross_means"] for r in results[n]]},
-            {"label": f"C class means, N={n}", "x": steps, "marker": "x",
-             "y": [r["overlap_class_means"] for r in results[n]]})],
-        hlines=[{"y": 0.9, "label": "claim: 0.9"}],
-        vlines=[{"x": 2 * spe, "label": f"2 epochs of N={n0}"}],
-        caption="Overlap of the top-(C−1) Hessian eigenvectors with the span of the cross-class means z̄_{c,c'} "
-        "(and of the class means z̄_c).",
-    ))  # fmt: skip
-    run.figure(Figure(
-        "H_vs_G",
-        f"top-{C - 1} eigenvalues of H and G: largest relative difference",
-        "SGD step", "max |λ(H) − λ(G)| / λ(H) (log scale)", logy=True, ymin_ratio=0.01,
-        series=[{"label": f"N={n}", "x": steps, "y": [r["rel_diff_HG"] for r in results[n]], "marker": "o"}
-                for n in cfg.sizes],
-        hlines=[{"y": 0.1, "label": "claim: 10%"}],
-        vlines=[{"x": spe, "label": f"1 epoch of N={n0}"}],
-        caption="The outliers of H are those of G once training has started.",
-    ))  # fmt: skip
 
 
 RECIPE = Recipe(
