@@ -375,6 +375,7 @@ def _line(run: RunDir, ctx: Context, s: Settings, model, data, fitted: dict) -> 
 
 
 def _line_claims(run: RunDir, line: dict) -> None:
+    """No barrier and a monotone loss between θ_LB and θ_SB, and the small-batch end is flatter."""
     a, lam = line["lambda_alpha"].tolist(), line["lambda_max"].tolist()
     lam_lb, lam_sb = lam[a.index(0.0)], lam[a.index(1.0)]
     status = line.get("lambda_status") or ["unverified"] * len(a)
@@ -415,6 +416,10 @@ def _line_claims(run: RunDir, line: dict) -> None:
             inputs=ends,
         )
     )
+
+
+def _line_figures(run: RunDir) -> None:
+    """Loss and λ_max along the line between the two solutions, and the two training phases."""
     run.figure(
         Figure(
             "interpolation",
@@ -475,6 +480,7 @@ def run_sagun2017(run: RunDir, ctx: Context) -> None:
     run.metric("train_accuracy", fitted["accuracy"])
     _split_claims(run, _split(run, ctx, s, model, data, fitted))
     _line_claims(run, _line(run, ctx, s, model, data, fitted))
+    _line_figures(run)
 
 
 RECIPE = Recipe(
