@@ -30,7 +30,8 @@ EPILOG_ANALYZE = """examples:
   curvscope analyze --model hf:./my-gpt2 --data rows.jsonl --text-field body \\
       --params 'transformer.h.0.*' --units tokens --top-k 5 --out runs/gpt2-block0
   curvscope analyze --model hf:./my-bert-cls --data mypkg.data:eval_batches --num-batches 4 --top-k 3
-  (torchrun --nproc-per-node=2 -m curvscope analyze ... shards the batches over two processes)
+  (torchrun --nproc-per-node=2 -m curvscope analyze ... shards the batches over two processes;
+   add --shard fsdp to shard the model and the Krylov vectors too)
 
 --model hf:PATH loads config.json + safetensors from PATH with local_files_only (never the network;
 needs pip install 'curvscope[hf]') and measures the model's task loss. --data FILE.txt|FILE.jsonl is
@@ -151,6 +152,12 @@ def _add_analyze(sub) -> None:
     a.add_argument("--device", default="cpu")
     a.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--shard",
+        default="none",
+        choices=["none", "fsdp"],
+        help="fsdp (under torchrun): fully_shard the model per block; Krylov vectors sharded over the ranks",
+    )
     a.add_argument("--out", default="runs/analyze")
     a.add_argument("--quiet", action="store_true")
 

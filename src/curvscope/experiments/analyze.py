@@ -106,6 +106,7 @@ def analyze(
     fingerprint: dict | None = None,
     notes: list[str] | None = None,
     data_name: str | None = None,
+    shard: str = "none",
 ) -> RunDir:
     """Run the chosen measurements on ``model`` at its current weights; returns the run directory.
 
@@ -118,7 +119,12 @@ def analyze(
             directory holding another fingerprint is refused.
         notes: lines shown prominently in the report and stored in ``results.json``
             (e.g. that no checkpoint was given).
+        shard: ``"fsdp"``: wrap the model with ``fully_shard`` per block and measure it with
+            :class:`~curvscope.distributed.fsdp.ShardedCurvature` (Krylov vectors sharded over the
+            ranks; top-k, density and trace; eigenvectors are not kept).
     """
+    if shard == "fsdp" and (decompose or overlap or params):
+        raise ValueError("--shard fsdp measures H over all parameters: drop --decompose, --overlap and --params")
     config = config or {"experiment": "analyze", "seed": seed, "params": params, "units": units}
     if fingerprint is None:
         fingerprint = default_fingerprint(config, data=data_identity(data))
@@ -134,17 +140,24 @@ def analyze(
     loss_fn, parts = _loss_and_batches(data, loss_name, batch_size, dtype, device)
     if is_distributed():
         parts = shard_batches(parts)
-    H = Hessian(model, loss_fn, parts, params=params, units=units)
+    if shard == "fsdp":
+        from curvscope.distributed.fsdp import ShardedCurvature, wrap_fsdp
+
+        H = ShardedCurvature(wrap_fsdp(model), loss_fn, parts, units=units)
+        run.metric("product_method", H.method)
+    else:
+        H = Hessian(model, loss_fn, parts, params=params, units=units)
     run.metric("num_parameters", H.shape[0])
     run.metric("num_samples", H.num_samples)
-    run.metric("units", H.problem.loss.unit_name)
+    run.metric("units", H.unit_name if shard == "fsdp" else H.problem.loss.unit_name)
     run.metric("params", list(params) if params else "all trainable")
     t0 = time.perf_counter()
-    top = _top(run, H, top_k, seed, progress) if top_k > 0 else None
+    top = _top(run, H, top_k, seed, progress, keep_vectors=shard != "fsdp") if top_k > 0 else None
     if density:
         _density(run, H, top, seed, progress)
     if trace:
-        tr = ins.trace_estimate(run, "trace_H", H, seed=seed)
+        method = "hutch++" if shard == "fsdp" else "xtrace"  # XTrace needs R of a QR: not on sharded vectors
+        tr = ins.trace_estimate(run, "trace_H", H, seed=seed, method=method)
         run.metric("trace_H", tr["estimate"])
         run.metric("trace_H_stderr", tr["stderr"])
     if decompose:
@@ -157,9 +170,9 @@ def analyze(
     return run
 
 
-def _top(run: RunDir, H, top_k: int, seed: int, progress: bool) -> dict:
+def _top(run: RunDir, H, top_k: int, seed: int, progress: bool, keep_vectors: bool = True) -> dict:
     """Top-k eigenpairs with their certificate claim and figure."""
-    top = ins.eigenpairs(run, "top", H, top_k, seed=seed, progress=progress)
+    top = ins.eigenpairs(run, "top", H, top_k, seed=seed, progress=progress, keep_vectors=keep_vectors)
     conv = top["converged"].bool()
     run.claim(
         Claim(
@@ -358,4 +371,5 @@ def analyze_from_args(args: argparse.Namespace) -> RunDir:
         fingerprint=fingerprint,
         notes=notes,
         data_name=ident["name"],
+        shard=getattr(args, "shard", "none"),
     )

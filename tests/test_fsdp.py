@@ -1,0 +1,118 @@
+"""FSDP2-sharded curvature on 2 and 3 gloo ranks equals the single-process float64 values.
+
+Exact products: to 1e-10. Finite-difference products: within the error the operator states
+(``fd_error``; the margin is the ``NOISE_FACTOR`` = 10 the default tolerance uses). Scalars are
+bitwise identical on every rank, the Krylov basis per rank is ``1/W`` of the single-process one,
+and a rank that dies gives the survivors a ``DistributedError``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fsdp_cases import single
+from test_cli import ANALYZE, cli
+from test_distributed import launch
+
+pytest.importorskip("torch.distributed.fsdp")
+
+CASES = [("mlp", "exact", 2), ("mlp", "fd", 3), ("gpt2", "exact", 3), ("gpt2", "fd", 2)]
+REPLICATED = ("eig", "res", "converged", "anorm", "tol", "slq_nodes", "slq_weights", "fd_error")
+
+
+def run(tmp_path, name, method, world, mode="ok", timeout=400):
+    if name == "gpt2":
+        pytest.importorskip("transformers")
+    codes, outs, elapsed = launch(tmp_path, mode, timeout, world, "fsdp_worker.py", (name, method))
+    return codes, outs, elapsed
+
+
+def close(got, want, tol) -> float:
+    err = (got - want).abs().max().item()
+    assert err <= tol * max(want.abs().max().item(), 1.0), f"{err:.2e}"
+    return err
+
+
+@pytest.mark.parametrize("name,method,world", CASES, ids=[f"{n}-{m}-{w}ranks" for n, m, w in CASES])
+def test_sharded_equals_single_process(tmp_path, name, method, world):
+    codes, outs, _ = run(tmp_path, name, method, world)
+    assert codes == [0] * world, outs
+    got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    for r in range(1, world):  # the same scalars on every rank, bit for bit
+        for key in (*REPLICATED, "hv", "vectors"):
+            assert torch.equal(torch.as_tensor(got[r][key]), torch.as_tensor(got[0][key])), (r, key)
+    g, want = got[0], single(name)
+    assert g["method"] == method and g["restored"] and g["grads_untouched"]
+    sign = torch.sign((g["vectors"] * want["vectors"]).sum(0))
+    if method == "exact":
+        for key in ("hv", "eig", "slq_nodes", "slq_weights"):
+            close(g[key], want[key], 1e-10)
+        close(g["vectors"] * sign, want["vectors"], 1e-8)  # eigenvectors: residual/gap
+        assert bool(g["converged"].all()) and bool((g["res"] <= g["tol"] * g["anorm"]).all())
+    else:
+        fe = float(g["fd_error"])
+        assert 0 < fe < 1e-6
+        noise = 10 * fe  # NOISE_FACTOR: the default tolerance's margin over the estimate
+        rel = (g["hv"] - want["hv"]).norm(dim=0) / want["hv"].norm(dim=0)
+        assert bool((rel <= noise).all()), (rel / fe).tolist()
+        anorm = float(want["anorm"])
+        assert bool(((g["eig"] - want["eig"]).abs() <= g["res"] + noise * anorm).all())
+        for j in (1, 2, 3):  # quadrature moments q^T A^j q: stable under product errors (nodes alone are not)
+            mu = (g["slq_weights"] * g["slq_nodes"] ** j).sum(1)
+            ref = (want["slq_weights"] * want["slq_nodes"] ** j).sum(1)
+            assert bool(((mu - ref).abs() <= j * noise * anorm**j).all()), j
+    # memory: the k=20 Krylov basis per rank is this rank's share of the single-process basis
+    nbytes = [int(x["basis_nbytes"]) for x in got]
+    D = want["hv"].shape[0]
+    assert sum(int(x["local_dim"]) for x in got) == D
+    for x in got:
+        assert int(x["basis_nbytes"]) * D == int(want["basis_nbytes"]) * int(x["local_dim"])
+    assert max(nbytes) <= (1 / world + 0.15) * int(want["basis_nbytes"])
+
+
+def test_a_dead_rank_gives_survivors_a_distributed_error(tmp_path):
+    codes, outs, elapsed = run(tmp_path, "mlp", "fd", 3, mode="die", timeout=120)
+    assert codes == [2, 2, 3], outs
+    for r in range(2):
+        message = (tmp_path / f"error{r}.txt").read_text()
+        assert "DistributedError" in message and "Another rank probably died" in message, message
+    assert elapsed < 90
+
+
+def test_exact_over_budget_is_refused_and_auto_falls_back_to_fd(tmp_path):
+    codes, outs, _ = run(tmp_path, "mlp", "auto", 2, mode="budget", timeout=120)
+    assert codes == [0, 0], outs
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        assert "method='fd'" in got["refused"] and got["auto"] == "fd", got
+        assert got["exact_bytes"] > 1000  # the recorded estimate: replica + full vectors of a block
+
+
+@pytest.mark.skipif(not (Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed")
+def test_cli_shard_fsdp_equals_one_process(tmp_path):
+    from safetensors.torch import save_file
+
+    from cli_models import small_mlp
+
+    checkpoint = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in small_mlp().state_dict().items()}, checkpoint)
+    one, two = tmp_path / "one", tmp_path / "two"
+    res = cli(*ANALYZE, "--checkpoint", str(checkpoint), "--out", str(one), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__), "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node=2", "--standalone", "-m", "curvscope",
+           *ANALYZE, "--checkpoint", str(checkpoint), "--shard", "fsdp", "--out", str(two)]  # fmt: skip
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    b = json.loads((two / "results.json").read_text())
+    assert b["metrics"]["product_method"] == "exact" and b["metrics"]["num_samples"] == 200
+    from curvscope.io import load_tensors
+
+    ta, tb = load_tensors(one / "arrays" / "top.safetensors")[0], load_tensors(two / "arrays" / "top.safetensors")[0]
+    torch.testing.assert_close(tb["eigenvalues"], ta["eigenvalues"], rtol=1e-9, atol=1e-12)
+    assert "eigenvectors" not in tb  # sharded: not kept by the run
