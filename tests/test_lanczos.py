@@ -193,3 +193,37 @@ def test_storage_refuses_overflow_and_unknown_names():
         s.append(torch.ones(4, dtype=DT))
     with pytest.raises(ValueError, match="valid names"):
         make_storage("gpu-ish", 4, 1, 1, DT, "cpu")
+
+
+def test_operators_without_a_space_work_on_whole_vectors():
+    from curvscope.linalg.precision import Promoted
+    from curvscope.linalg.space import LocalSpace, space_of
+
+    A = DenseOperator(torch.eye(3, dtype=torch.float64))
+    s = space_of(A)
+    assert isinstance(s, LocalSpace) and not s.sharded and s.dim == s.local_dim == 3
+    X = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(s.inner(X, X), X.T @ X) and torch.equal(s.colnorms(X), X.norm(dim=0))
+    assert Promoted(torch.eye(2), torch.float64).space is None  # forwarded: a sharded operator stays sharded
+
+
+@pytest.mark.parametrize("algorithm", ["sketched_eigh", "power_iteration", "xtrace", "eigsh_checkpoint", "slq_ckpt"])
+def test_algorithms_needing_whole_vectors_refuse_a_sharded_operator(tmp_path, algorithm):
+    from curvscope import eigsh, sketched_eigh, spectral_density, trace
+    from curvscope.linalg.power import power_iteration
+    from curvscope.linalg.space import LocalSpace
+
+    class Sharded(LocalSpace):  # what a sharded operator announces (reductions are identities here)
+        sharded = True
+
+    A = DenseOperator(torch.diag(torch.arange(1.0, 9.0, dtype=torch.float64)))
+    A.space = Sharded(8)
+    calls = {
+        "sketched_eigh": lambda: sketched_eigh(A, k=2),
+        "power_iteration": lambda: power_iteration(A, k=1),
+        "xtrace": lambda: trace(A, "xtrace", 8),
+        "eigsh_checkpoint": lambda: eigsh(A, k=1, checkpoint=tmp_path / "c"),
+        "slq_ckpt": lambda: spectral_density(A, "slq", num_probes=2, num_steps=4, checkpoint=tmp_path / "d"),
+    }
+    with pytest.raises(ValueError, match="shard"):
+        calls[algorithm]()
