@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,15 @@ from torch import Tensor, nn
 from curvscope.common import make_progress
 from curvscope.io import atomic_write_json, load_tensors, read_json, save_tensors
 from curvscope.train.evaluate import LossFn, evaluate, get_loss
+from curvscope.train.snapshot_files import (
+    Snapshot,
+    list_snapshots,
+    load_optim,
+    optim_path,
+    optim_tensors,
+    snapshot_path,
+)
+from curvscope.train.snapshot_files import load_snapshot as load_snapshot  # re-exported: part of this module's API
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
@@ -160,34 +169,6 @@ def _mix(*ints: int) -> int:
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """The model at one step and its metrics.
-
-    Attributes:
-        step: optimizer steps taken (0 = initialisation).
-        epoch: ``step / steps_per_epoch``.
-        metrics: ``loss``, ``accuracy``, ``grad_norm`` on the training set (and ``test_…``
-            on ``eval_data``), ``lr`` of the last step, ``wall_time`` since the start.
-        path: the safetensors file (``None`` for an in-memory run).
-        state: the ``state_dict`` copy for an in-memory run (``None`` when on disk).
-    """
-
-    step: int
-    epoch: float
-    metrics: dict[str, float]
-    path: Path | None = None
-    state: dict[str, Tensor] | None = field(default=None, repr=False)
-
-    def load_state(self) -> dict[str, Tensor]:
-        """The model ``state_dict`` at this step (from memory or disk)."""
-        if self.state is not None:
-            return self.state
-        if self.path is None:
-            raise ValueError("this snapshot has neither a state nor a path")
-        return load_tensors(self.path)[0]
-
-
-@dataclass(frozen=True)
 class TrainHistory:
     """What a run did.
 
@@ -236,56 +217,6 @@ class TrainHistory:
             "resumed_from": self.resumed_from,
             "wall_time": self.wall_time,
         }
-
-
-def snapshot_path(out_dir: str | Path, step: int) -> Path:
-    """``out_dir/snapshots/step_{step:07d}.safetensors``."""
-    return Path(out_dir) / "snapshots" / f"step_{step:07d}.safetensors"
-
-
-def list_snapshots(out_dir: str | Path) -> list[int]:
-    """Steps with a complete snapshot (model, optimizer state and metrics all written)."""
-    d = Path(out_dir) / "snapshots"
-    steps = []
-    for p in d.glob("step_*.json") if d.is_dir() else []:
-        step = int(p.stem.split("_")[1])
-        if snapshot_path(out_dir, step).is_file() and _optim_path(out_dir, step).is_file():
-            steps.append(step)
-    return sorted(steps)
-
-
-def load_snapshot(out_dir: str | Path, step: int | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """``(state_dict, metrics)`` of the snapshot at ``step`` (default: the latest complete one)."""
-    steps = list_snapshots(out_dir)
-    if not steps:
-        raise FileNotFoundError(f"no complete snapshot in {Path(out_dir) / 'snapshots'}")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise FileNotFoundError(f"no snapshot at step {step} in {out_dir}; available: {steps}")
-    return load_tensors(snapshot_path(out_dir, step))[0], read_json(snapshot_path(out_dir, step).with_suffix(".json"))
-
-
-def _optim_path(out_dir: str | Path, step: int) -> Path:
-    return snapshot_path(out_dir, step).with_suffix(".optim.safetensors")
-
-
-def _optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list]:
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, st in sd["state"].items():
-        for key, v in st.items():
-            if isinstance(v, Tensor):
-                tensors[f"{idx}.{key}"] = v
-    return tensors, sd["param_groups"]
-
-
-def _load_optim(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list) -> None:
-    state: dict[int, dict[str, Tensor]] = {}
-    for name, v in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = v
-    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in groups]
-    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def _make_optimizer(params: Sequence[nn.Parameter], c: TrainConfig) -> torch.optim.Optimizer:
@@ -357,91 +288,151 @@ def train(
     if config.snapshot_every:
         wanted |= set(range(0, T + 1, config.snapshot_every))
     opt = _make_optimizer(params, config)
+    run = _Run(model, params, opt, config, x, y, ev, loss_f, spe, T, t0, on_snapshot)
 
-    start, batch_loss, lrs, snaps = 0, [], [], []
+    start = 0
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        start, batch_loss, lrs, snaps = _prepare_dir(out_dir, config, model, opt, resume)
-    resumed_from = start if start > 0 or snaps else None
+        run.out_dir = Path(out_dir)
+        start, run.batch_loss, run.lrs, run.snaps = _prepare_dir(run.out_dir, config, model, opt, resume)
+    resumed_from = start if start > 0 or run.snaps else None
+    if start == 0 and 0 in wanted and not run.snaps:
+        _take_snapshot(run, 0)
+    _run_steps(run, start, wanted, progress)
+    return _history(
+        config, T, spe, run.batch_loss, run.lrs, run.snaps, resumed_from, time.perf_counter() - t0, typed=True
+    )
 
-    def metrics_batches(xx: Tensor, yy: Tensor) -> list[tuple[Tensor, Tensor]]:
-        bs = config.eval_batch_size or len(yy)
-        return [(xx[i : i + bs], yy[i : i + bs]) for i in range(0, len(yy), bs)]
 
-    def take_snapshot(step: int) -> None:
-        mode = config.metrics_mode
-        m = evaluate(model, metrics_batches(x, y), loss_f, mode=mode).as_dict()
-        if ev is not None:
-            m.update(evaluate(model, metrics_batches(*ev), loss_f, mode=mode, grad=False).as_dict("test_"))
-        m["lr"] = lrs[-1] if lrs else lr_at(0, config, T)
-        m["wall_time"] = time.perf_counter() - t0
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if out_dir is None:
-            snap = Snapshot(step, step / spe, m, None, state)
-        else:
-            path = snapshot_path(out_dir, step)
-            ot, groups = _optim_tensors(opt)
-            # Order matters: the metrics JSON is written last and marks the snapshot complete.
-            save_tensors(_optim_path(out_dir, step), ot, {"param_groups": groups, "step": step})
-            save_tensors(path, state, {"step": step})
-            snap = Snapshot(step, step / spe, m, path)
-        snaps.append(snap)
-        if out_dir is not None:
-            atomic_write_json(out_dir / "history.json", _history(config, T, spe, batch_loss, lrs, snaps, None, 0.0))
-            atomic_write_json(path.with_suffix(".json"), {"step": step, "epoch": step / spe, **m})
-        if on_snapshot is not None:
-            on_snapshot(snap, model)
+@dataclass
+class _Run:
+    """One call of :func:`train`: what it was given, and the history it grows step by step."""
 
-    if start == 0 and 0 in wanted and not snaps:
-        take_snapshot(0)
-    shuffle = config.shuffle and config.batch_size is not None
-    perm, perm_epoch = None, -1
-    flags = [(m, m.training) for m in model.modules()]
-    bar = _progress(T, start, progress)
+    model: nn.Module
+    params: list[nn.Parameter]
+    opt: torch.optim.Optimizer
+    config: TrainConfig
+    x: Tensor
+    y: Tensor
+    eval_data: tuple[Tensor, Tensor] | None
+    loss_fn: LossFn
+    steps_per_epoch: int
+    num_steps: int
+    t0: float
+    on_snapshot: Callable[[Snapshot, nn.Module], None] | None
+    out_dir: Path | None = None
+    batch_loss: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    snaps: list[Snapshot] = field(default_factory=list)
+
+
+def _run_steps(run: _Run, start: int, wanted: set[int], progress: bool) -> None:
+    """Optimizer steps ``start … T − 1``, with a snapshot after each step in ``wanted``.
+
+    The modules' train/eval flags are restored before each snapshot and at the end, also on error.
+    """
+    flags = [(m, m.training) for m in run.model.modules()]
+    bar = _progress(run.num_steps, start, progress)
     try:
-        for step in range(start, T):
-            epoch, pos = divmod(step, spe)
-            if config.batch_size is None:
-                xb, yb = x, y
-            else:
-                if shuffle and perm_epoch != epoch:
-                    g = torch.Generator().manual_seed(_mix(config.seed, epoch))
-                    perm, perm_epoch = torch.randperm(N, generator=g).to(device), epoch
-                sl = slice(pos * config.batch_size, min(N, (pos + 1) * config.batch_size))
-                idx = perm[sl] if shuffle else sl
-                xb, yb = x[idx], y[idx]
-            lr = lr_at(step, config, T)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            model.train()
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                _seed_step(_mix(config.seed, step, 1), device)
-                opt.zero_grad(set_to_none=True)
-                loss = loss_f(model(xb), yb)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the training loss became {float(loss.detach())} at step {step}: lower the learning rate "
-                        f"(lr={lr:g}) or clip gradients (max_grad_norm)"
-                    )
-                loss.backward()
-                if config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                opt.step()
-            batch_loss.append(float(loss.detach()))
-            lrs.append(lr)
+        for step, xb, yb in _batches(run, start):
+            lr = lr_at(step, run.config, run.num_steps)
+            loss = _optimizer_step(run, xb, yb, lr, step)
+            run.batch_loss.append(float(loss.detach()))
+            run.lrs.append(lr)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{batch_loss[-1]:.4f}", refresh=False)
+                bar.set_postfix(loss=f"{run.batch_loss[-1]:.4f}", refresh=False)
             if step + 1 in wanted:
                 for m, flag in flags:
                     m.training = flag
-                take_snapshot(step + 1)
+                _take_snapshot(run, step + 1)
     finally:
         for m, flag in flags:
             m.training = flag
         if bar is not None:
             bar.close()
-    return _history(config, T, spe, batch_loss, lrs, snaps, resumed_from, time.perf_counter() - t0, typed=True)
+
+
+def _batches(run: _Run, start: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """``(step, x, y)`` of each step from ``start``: the full batch, or the next slice of the epoch's order.
+
+    The order of epoch ``e`` comes from a generator seeded by ``(seed, e)``, so a resumed run slices
+    the same permutation as an uninterrupted one.
+    """
+    config, N = run.config, int(run.y.shape[0])
+    shuffle = config.shuffle and config.batch_size is not None
+    perm, perm_epoch = None, -1
+    for step in range(start, run.num_steps):
+        epoch, pos = divmod(step, run.steps_per_epoch)
+        if config.batch_size is None:
+            yield step, run.x, run.y
+            continue
+        if shuffle and perm_epoch != epoch:
+            g = torch.Generator().manual_seed(_mix(config.seed, epoch))
+            perm, perm_epoch = torch.randperm(N, generator=g).to(run.params[0].device), epoch
+        sl = slice(pos * config.batch_size, min(N, (pos + 1) * config.batch_size))
+        idx = perm[sl] if shuffle else sl
+        yield step, run.x[idx], run.y[idx]
+
+
+def _optimizer_step(run: _Run, xb: Tensor, yb: Tensor, lr: float, step: int) -> Tensor:
+    """One update at learning rate ``lr``, under the global RNG seeded by ``(seed, step)``; its batch loss."""
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    run.model.train()
+    device = run.params[0].device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        _seed_step(_mix(run.config.seed, step, 1), device)
+        run.opt.zero_grad(set_to_none=True)
+        loss = run.loss_fn(run.model(xb), yb)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the training loss became {float(loss.detach())} at step {step}: lower the learning rate "
+                f"(lr={lr:g}) or clip gradients (max_grad_norm)"
+            )
+        loss.backward()
+        if run.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(run.params, run.config.max_grad_norm)
+        run.opt.step()
+    return loss
+
+
+def _take_snapshot(run: _Run, step: int) -> None:
+    """Measure the model at ``step``, keep its state (in memory or on disk), then call ``on_snapshot``."""
+    m = _snapshot_metrics(run)
+    state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    spe = run.steps_per_epoch
+    if run.out_dir is None:
+        snap = Snapshot(step, step / spe, m, None, state)
+        run.snaps.append(snap)
+    else:
+        path = snapshot_path(run.out_dir, step)
+        ot, groups = optim_tensors(run.opt)
+        # Order matters: the metrics JSON is written last and marks the snapshot complete.
+        save_tensors(optim_path(run.out_dir, step), ot, {"param_groups": groups, "step": step})
+        save_tensors(path, state, {"step": step})
+        snap = Snapshot(step, step / spe, m, path)
+        run.snaps.append(snap)
+        history = _history(run.config, run.num_steps, spe, run.batch_loss, run.lrs, run.snaps, None, 0.0)
+        atomic_write_json(run.out_dir / "history.json", history)
+        atomic_write_json(path.with_suffix(".json"), {"step": step, "epoch": step / spe, **m})
+    if run.on_snapshot is not None:
+        run.on_snapshot(snap, run.model)
+
+
+def _snapshot_metrics(run: _Run) -> dict[str, float]:
+    """Loss, accuracy and gradient norm on the training set (and the held-out set), lr, wall time."""
+
+    def in_batches(xx: Tensor, yy: Tensor) -> list[tuple[Tensor, Tensor]]:
+        bs = run.config.eval_batch_size or len(yy)
+        return [(xx[i : i + bs], yy[i : i + bs]) for i in range(0, len(yy), bs)]
+
+    mode = run.config.metrics_mode
+    m = evaluate(run.model, in_batches(run.x, run.y), run.loss_fn, mode=mode).as_dict()
+    if run.eval_data is not None:
+        m.update(evaluate(run.model, in_batches(*run.eval_data), run.loss_fn, mode=mode, grad=False).as_dict("test_"))
+    m["lr"] = run.lrs[-1] if run.lrs else lr_at(0, run.config, run.num_steps)
+    m["wall_time"] = time.perf_counter() - run.t0
+    return m
 
 
 def _seed_step(seed: int, device: torch.device) -> None:
@@ -486,8 +477,8 @@ def _prepare_dir(out_dir: Path, config: TrainConfig, model: nn.Module, opt, resu
     step = steps[-1]
     state, _ = load_tensors(snapshot_path(out_dir, step))
     model.load_state_dict(state)
-    tensors, meta = load_tensors(_optim_path(out_dir, step))
-    _load_optim(opt, tensors, meta["param_groups"])
+    tensors, meta = load_tensors(optim_path(out_dir, step))
+    load_optim(opt, tensors, meta["param_groups"])
     hist = read_json(out_dir / "history.json")
     snaps = [
         Snapshot(s["step"], s["epoch"], s["metrics"], Path(s["path"]))
