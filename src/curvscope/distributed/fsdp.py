@@ -208,11 +208,16 @@ class ShardedCurvature:
         counts = torch.tensor([float(sum(self.batches.units)), float(len(self.batches.data))], dtype=torch.float64)
         self.total_units = all_reduce_sum(counts[:1].clone()).item()
         self.max_batches = int(_all_max(counts[1:].clone()).item())
-        self.exact_bytes = self._exact_estimate(exact_kwargs.get("max_block", 4))
+        exact_kwargs.setdefault("max_block", 4)  # full [D, K] vectors per product: K bounded, and estimated
+        self.block = int(exact_kwargs["max_block"])
+        self.exact_bytes = self._exact_estimate(self.block)
         self.memory_budget = _default_budget(self.device) if memory_budget is None else int(memory_budget)
         self.method = self._choose(method)
         self._fd_error: float | None = None
-        self._exact = self._build_exact(loss_fn, data, units, exact_kwargs) if self.method == "exact" else None
+        self._exact = None
+        if self.method == "exact":
+            self._exact = self._build_exact(loss_fn, data, units, exact_kwargs, fallback=method == "auto")
+            self.method = "fd" if self._exact is None else "exact"
 
     # ------------------------------------------------------------------ choice
     def _exact_estimate(self, block: int) -> int:
@@ -235,7 +240,8 @@ class ShardedCurvature:
                         method, fmt_bytes(self.exact_bytes), fmt_bytes(self.memory_budget))  # fmt: skip
         return method
 
-    def _build_exact(self, loss_fn, data, units, kwargs: dict) -> Any:
+    def _build_exact(self, loss_fn, data, units, kwargs: dict, fallback: bool) -> Any:
+        """The data-parallel operator on a plain replica; ``None`` (auto) or an error when its graph does not fit."""
         from curvscope.operators import GGN, Hessian
 
         replica = plain_replica(self.model)
@@ -244,6 +250,10 @@ class ShardedCurvature:
         graph = 3 * op.problem.activation_bytes  # the activation copies of one product (as the operator's guard)
         self.exact_bytes += graph
         over = _all_max(torch.tensor([float(self.exact_bytes > self.memory_budget)])).item()
+        if over and fallback:
+            logger.info("curvscope: the exact replica's graph (%s) exceeds the budget: fd products",
+                        fmt_bytes(self.exact_bytes))  # fmt: skip
+            return None
         if over:
             raise MemoryError(
                 f"method='exact': the replica and its product graph need {fmt_bytes(self.exact_bytes)} on this "
@@ -263,8 +273,9 @@ class ShardedCurvature:
         return Y[:, 0] if X.ndim == 1 else Y
 
     def _exact_matmat(self, X: Tensor) -> Tensor:
-        full = self.space.gather(X)  # [D, K] on every rank
-        return self.space.local(self._exact @ full)
+        """Gather ``block`` columns at a time to full vectors, multiply, keep this rank's rows."""
+        parts = [X[:, s : s + self.block] for s in range(0, X.shape[1], self.block)]
+        return torch.cat([self.space.local(self._exact @ self.space.gather(P)) for P in parts], dim=1)
 
     def _fd_matmat(self, X: Tensor) -> Tensor:
         if self._fd_error is None:
