@@ -5,7 +5,7 @@ import functools
 import torch
 from torch import nn
 
-from curvscope import Hessian, eigsh, spectral_density
+from curvscope import Hessian, eigsh, spectral_density, trace
 
 PROBLEMS = ("mlp", "gpt2")
 
@@ -46,7 +46,7 @@ def probe_vectors(D: int) -> torch.Tensor:
 
 
 def compute(A, local=lambda X: X) -> dict:
-    """Products, top-4 eigenpairs and an SLQ density of ``A`` (sharded or not): replicated scalars."""
+    """Products, top-4 eigenpairs, an SLQ density and a Hutch++ trace of ``A`` (sharded or not)."""
     D = A.shape[0]
     out = {"hv": A @ local(probe_vectors(D))}
     top = eigsh(A, k=4, which="LA", tol=1e-9, num_matvecs=300, seed=0)
@@ -54,7 +54,8 @@ def compute(A, local=lambda X: X) -> dict:
                tol=torch.tensor(top.tol), vectors=top.eigenvectors)  # fmt: skip
     dens = spectral_density(A, "slq", num_probes=3, num_steps=10, seed=0)
     out["slq_nodes"], out["slq_weights"] = dens.nodes, dens.weights
-    basis = eigsh(A, k=20, which="LA", num_matvecs=45, residuals="ritz", seed=0)
+    basis = eigsh(A, k=20, which="LA", num_matvecs=22, residuals="ritz", seed=0)  # memory only: few products
+    out["trace"] = torch.tensor(trace(A, "hutch++", 9, seed=0).estimate)
     out["basis_nbytes"] = torch.tensor(basis.basis_nbytes)
     return out
 

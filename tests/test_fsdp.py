@@ -22,7 +22,7 @@ from test_distributed import launch
 pytest.importorskip("torch.distributed.fsdp")
 
 CASES = [("mlp", "exact", 2), ("mlp", "fd", 3), ("gpt2", "exact", 3), ("gpt2", "fd", 2)]
-REPLICATED = ("eig", "res", "converged", "anorm", "tol", "slq_nodes", "slq_weights", "fd_error")
+REPLICATED = ("eig", "res", "converged", "anorm", "tol", "slq_nodes", "slq_weights", "trace", "fd_error")
 
 
 def run(tmp_path, name, method, world, mode="ok", timeout=400):
@@ -50,7 +50,7 @@ def test_sharded_equals_single_process(tmp_path, name, method, world):
     assert g["method"] == method and g["restored"] and g["grads_untouched"]
     sign = torch.sign((g["vectors"] * want["vectors"]).sum(0))
     if method == "exact":
-        for key in ("hv", "eig", "slq_nodes", "slq_weights"):
+        for key in ("hv", "eig", "slq_nodes", "slq_weights", "trace"):
             close(g[key], want[key], 1e-10)
         close(g["vectors"] * sign, want["vectors"], 1e-8)  # eigenvectors: residual/gap
         assert bool(g["converged"].all()) and bool((g["res"] <= g["tol"] * g["anorm"]).all())
@@ -66,6 +66,8 @@ def test_sharded_equals_single_process(tmp_path, name, method, world):
             mu = (g["slq_weights"] * g["slq_nodes"] ** j).sum(1)
             ref = (want["slq_weights"] * want["slq_nodes"] ** j).sum(1)
             assert bool(((mu - ref).abs() <= j * noise * anorm**j).all()), j
+        # Hutch++: 9 products of unit-scale vectors, each off by at most noise·‖A‖·‖z‖² (‖z‖² ≤ D)
+        assert abs(float(g["trace"] - want["trace"])) <= noise * anorm * want["hv"].shape[0]
     # memory: the k=20 Krylov basis per rank is this rank's share of the single-process basis
     nbytes = [int(x["basis_nbytes"]) for x in got]
     D = want["hv"].shape[0]

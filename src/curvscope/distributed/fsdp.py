@@ -29,6 +29,16 @@ Weighting: the product is the curvature of the mean loss over all units (samples
 all ranks' batches. FSDP's reduce-scatter averages gradients over the ``W`` ranks, so each rank's
 loss is scaled by ``W / N_total``; ranks with fewer batches run weight-zero passes so that every
 rank makes the same number of collectives.
+
+Failure: a rank that dies leaves the others waiting in a collective (FSDP's all-gather or
+reduce-scatter, or an inner product) until the process group's timeout
+(``init_process_group(timeout=...)``; under ``curvscope analyze`` ``init_from_environment``'s);
+then every survivor raises :class:`~curvscope.distributed.comm.DistributedError` saying another
+rank probably died.
+
+Not covered yet: ``sketched_eigh``, ``power_iteration``, XTrace/XDiag and checkpoints refuse a
+sharded operator (:func:`~curvscope.linalg.space.refuse_sharded`); the metrics in
+:mod:`curvscope.metrics` take whole vectors (gather them with :func:`gather_vectors`).
 """
 
 from __future__ import annotations
