@@ -153,3 +153,28 @@ def test_linearize_that_cannot_trace_falls_back_loudly_to_the_double_vjp(mlp):
         got = G @ V
     assert G.strategy_record["block+cached"] == "cached"
     assert rel_err(got, reference @ V) <= 1e-12
+
+
+def test_class_sums_share_the_ggn_linearisations(mlp):
+    """ClassStructure's one pass builds the GGN's kept linearisations; the within term's products reuse them."""
+    from curvscope import ClassStructure
+
+    batches = data()
+    cs = ClassStructure(mlp, CE, batches)
+    plain = ClassStructure(mlp, CE, batches, cache_graphs=False)
+    V = torch.randn(cs.ggn.shape[0], 2, dtype=DT, generator=torch.Generator().manual_seed(3))
+    assert rel_err(cs.class_term @ V, plain.class_term @ V) <= 1e-12
+    assert len(cs.ggn._graphs) == len(batches)
+    kept = [cs.ggn._graphs.entry(i) for i in range(len(batches))]
+    assert rel_err(cs.within_term @ V, plain.within_term @ V) <= 1e-12
+    assert all(cs.ggn._graphs.entry(i) is kept[i] for i in range(len(batches)))
+
+
+def test_block_rule_is_one_vector_per_call_on_a_cpu_and_the_block_on_a_gpu(mlp):
+    from curvscope.operators.strategies import block_width
+
+    assert block_width(torch.device("cpu"), 32) == 1 and block_width(torch.device("cuda"), 32) == 32
+    assert GGN(mlp, CE, data(), max_block=16).block_width == 1  # these tests run on the CPU
+    G = GGN(mlp, CE, data(), probe=False)
+    G @ torch.randn(G.shape[0], 4, dtype=DT)
+    assert G.strategy_record["block+cached"] == "cached"  # looped, not batched, on the CPU

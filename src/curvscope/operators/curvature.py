@@ -42,7 +42,7 @@ from curvscope.operators.compiled import CompiledProduct, check_compile
 from curvscope.operators.graphs import ACTIVATION_COPIES, GRAPH_CACHE_FRACTION, GraphCache
 from curvscope.operators.probe import NondeterministicProductError, ProbeReport, run_probe
 from curvscope.operators.problem import LossProblem
-from curvscope.operators.strategies import CACHED, STRATEGIES, ProductError, StrategyChooser
+from curvscope.operators.strategies import CACHED, STRATEGIES, ProductError, StrategyChooser, block_width
 
 __all__ = [
     "CACHED",
@@ -245,6 +245,15 @@ class CurvatureOperator(LinearOperator):
         """The strategy used for each kind of product so far (``single``, ``block``, ``…+cached``)."""
         return dict(self._chooser.record)
 
+    @property
+    def block_width(self) -> int:
+        """Vectors one autograd call carries on this device (1 on a CPU, ``max_block`` on a GPU).
+
+        The block rule of :func:`~curvscope.operators.strategies.block_width`: blocks of SLQ probes or
+        sketch columns of this width cost one pass over the data and, on a GPU, one batched backward.
+        """
+        return block_width(self.device, self.max_block)
+
     def chosen_strategy(self, width: int = 1) -> str | None:
         """The strategy used for products of ``width`` vectors (``None`` before any)."""
         kind = "block" if width > 1 else "single"
@@ -327,19 +336,20 @@ class CurvatureOperator(LinearOperator):
         problem = self.problem
         width = self._block_width(X.shape[1])
         chunks = [problem.unflatten(X[:, s : s + width]) for s in range(0, X.shape[1], width)]
-        out = torch.zeros(X.shape, dtype=accumulation_dtype(self.dtype), device=X.device)
+        acc = accumulation_dtype(self.dtype)
+        # sums kept per parameter (contiguous, no flatten per batch); flattened once at the end
+        sums = [{k: torch.zeros(v.shape, dtype=acc, device=X.device) for k, v in V.items()} for V in chunks]
         total = 0
         for index, raw in enumerate(problem.data):
             batch = problem.prepare(raw, index)
             inputs, targets = problem.split(batch)
             n = problem.batch_size(batch)
             total += n
-            start = 0
-            for V in chunks:
-                K = next(iter(V.values())).shape[0]
+            for V, S in zip(chunks, sums):
                 product = self._batch_product(index, raw, inputs, targets, n, V)
-                out[:, start : start + K] += problem.flatten(product)
-                start += K
+                for k, t in product.items():
+                    S[k] += t
+        out = torch.cat([problem.flatten(S) for S in sums], dim=1)
         return (out / self._reduce(out, total)).to(self.dtype)
 
     def _batch_product(self, index: int, raw: Batch, inputs: Any, targets: Any, n: int, V: TangentDict):

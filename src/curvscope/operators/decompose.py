@@ -15,7 +15,9 @@ p-weighted means ``δ̄_{c,c'} = Σ_{i∈c} p_{ic'} δ_{i,c'} / W_{c,c'}``, ``W_
 ``G_B = (1/N) Σ_{c,c'} W_{c,c'} δ̄_{c,c'} δ̄_{c,c'}ᵀ`` (rank ≤ C(C−1)) and ``G_W = G − G_B``.
 
 All means come from one pass over the data with ``2C²`` vector–Jacobian products per batch
-(batched), and are kept as ``[D, C²]`` factors; the terms are low-rank operators.
+(batched), and are kept as ``[D, C²]`` factors; the terms are low-rank operators. When the GGN
+keeps its per-batch linearisations (:mod:`curvscope.operators.linearised`), the sums run through
+them, so the forward pass is shared with every later GGN product (``within_term``, ``papyan_within``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from curvscope.distributed.comm import all_reduce_sum
 from curvscope.memory import available_bytes
 from curvscope.operators.autodiff import accumulation_dtype, tf32_disabled
 from curvscope.operators.base import LinearOperator
+from curvscope.operators.batches import _tensor_leaves
 from curvscope.operators.compose import LowRankOperator, SumOperator
 from curvscope.operators.ggn import GGN
 from curvscope.operators.graphs import GRAPH_CACHE_FRACTION
@@ -102,6 +105,17 @@ def check_cross_entropy(problem: Any, outputs: Any, targets: Any, y: Tensor) -> 
             "the class structure of G is defined for cross-entropy on [B, C] logits with integer labels: "
             "pass loss_fn=nn.CrossEntropyLoss() (no class weights, no ignored labels), or a loss equal to it"
         )
+
+
+def _vjp_block(vjp_fn: Callable, part: Tensor) -> dict[str, Tensor]:
+    """``vmap`` of a ``torch.func`` vjp over a block of cotangents (a loop if it has no batching rule)."""
+    try:
+        return vmap(vjp_fn)(part)[0]
+    except Exception as err:
+        if not is_benign(err):
+            raise
+        outs = [vjp_fn(u)[0] for u in part]
+        return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
 
 
 class ClassStructure:
@@ -179,29 +193,30 @@ class ClassStructure:
         counts = torch.zeros(C, dtype=acc, device=problem.device)
         weights = torch.zeros(C, C, dtype=acc, device=problem.device)
         chunk = self.ggn.max_block
-        for index, batch in problem.batches():
-            inputs, _ = problem.split(batch)
+        graphs = self.ggn._graphs  # the GGN's kept linearisations: the sums share their forward pass
+        for index, raw in enumerate(problem.data):
+            batch = problem.prepare(raw, index)
+            inputs, targets = problem.split(batch)
             y = self._labels(batch)
             if y.min() < 0 or y.max() >= C:
                 raise ValueError(f"batch {index}: labels must lie in [0, {C}), got [{y.min()}, {y.max()}]")
 
-            def f(p, inputs=inputs):
-                return problem.forward(p, inputs)
+            if graphs is not None:
+                lin = graphs.get(index, tuple(_tensor_leaves(raw)), inputs, targets, problem.batch_size(batch))
+                outputs, vjp_block = lin.outputs, lambda part, lin=lin: lin.vjp(part, batched=True)
+            else:
 
-            outputs, vjp_fn = vjp(f, problem.values)
+                def f(p, inputs=inputs):
+                    return problem.forward(p, inputs)
+
+                outputs, vjp_fn = vjp(f, problem.values)
+                vjp_block = functools.partial(_vjp_block, vjp_fn)
             p = torch.softmax(outputs.detach(), dim=-1)
             onehot = torch.nn.functional.one_hot(y, C).to(p.dtype)
             cot = class_cotangents(p, onehot).reshape(2 * C * C, *p.shape)
             for s in range(0, cot.shape[0], chunk):
                 part = cot[s : s + chunk]
-                try:
-                    out = vmap(vjp_fn)(part)[0]
-                except Exception as err:
-                    if not is_benign(err):
-                        raise
-                    outs = [vjp_fn(u)[0] for u in part]
-                    out = {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
-                sums[s : s + part.shape[0]] += problem.flatten(out).T
+                sums[s : s + part.shape[0]] += problem.flatten(vjp_block(part)).T
             counts += onehot.sum(0)
             weights += onehot.T @ p
         if self.ggn.distributed:  # each rank holds a shard: sum the class sums over ranks

@@ -56,6 +56,9 @@ def grad_block(outs: list[Tensor], inputs: list[Tensor], cots: list[Tensor], bat
             if is_out_of_memory(err):
                 raise
     K = cots[0].shape[0]
+    if K == 1:  # no stacking copy
+        res = torch.autograd.grad(outs, inputs, [c[0] for c in cots], retain_graph=True, allow_unused=True)
+        return [None if r is None else r.unsqueeze(0) for r in res]
     cols = [
         torch.autograd.grad(outs, inputs, [c[i] for c in cots], retain_graph=True, allow_unused=True) for i in range(K)
     ]
@@ -146,15 +149,21 @@ class Linearisation:
     def vjp(self, W: Tensor, batched: bool) -> TangentDict:
         """``Jᵀ W`` for a block ``W`` (``[K, *outputs.shape]``): parameter-shaped leaves ``[K, *shape]``."""
         K = W.shape[0]
-        zero = {k: t.new_zeros((K, *t.shape)) for k, t in self.leaves.items()}
         if not self.outputs.requires_grad:
-            return zero
+            return {k: t.new_zeros((K, *t.shape)) for k, t in self.leaves.items()}
         res = grad_block([self.outputs], [self.leaves[k] for k in self.names], [W], batched=batched)
-        return {k: (zero[k] if r is None else r.detach()) for k, r in zip(self.names, res)}
+        leaves = self.leaves
+        return {
+            k: (leaves[k].new_zeros((K, *leaves[k].shape)) if r is None else r.detach())
+            for k, r in zip(self.names, res)
+        }
 
     def product(self, V: TangentDict, strategy: str) -> TangentDict:
         """``Jᵀ B J V`` for a block ``V``: the operator's product on this batch."""
         Jv = self.jvp(V, strategy)
-        BJv = torch.stack([self.apply(w) for w in Jv])  # output space: a few output-sized operations
+        if Jv.shape[0] == 1:  # output space: a few output-sized operations
+            BJv = self.apply(Jv[0]).unsqueeze(0)
+        else:
+            BJv = torch.stack([self.apply(w) for w in Jv])
         batched = strategy == "cached_batched" or (strategy == "linearize" and self.outputs.device.type == "cuda")
         return self.vjp(BJv, batched=batched)

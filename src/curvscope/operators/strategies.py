@@ -108,6 +108,19 @@ def is_benign(err: BaseException) -> bool:
     return any(p in text for p in BENIGN_PATTERNS)
 
 
+def block_width(device: torch.device, max_block: int) -> int:
+    """The block rule: how many vectors one autograd call carries (``is_grads_batched`` / ``vmap``).
+
+    A block of K vectors is always **one pass over the data**; this is how many of them go through
+    one backward together. CPU: 1 — ``benchmarks/matvec.py`` (1 thread, MLP-300k, K=8 through kept
+    graphs, per vector / gradient): Hessian 2.93 looped vs 3.40 batched, GGN 2.13 vs 1.95 (within
+    the load noise), so no gain to pay a batched graph's memory for. GPU: ``max_block`` (one kernel
+    launch per op for the whole block is what makes a GPU cheaper per vector). The rule's order
+    (:func:`rule_order`) follows it: batched strategies first only on CUDA.
+    """
+    return max(1, max_block) if device.type == "cuda" else 1
+
+
 def rule_order(
     available: Sequence[str], width: int, *, convolutional: bool, device: torch.device, cached: bool
 ) -> list[str]:
@@ -122,7 +135,7 @@ def rule_order(
     """
     order: list[str] = ["compiled"]  # only available when asked for (compile=True)
     if cached:
-        batched_first = width > 1 and device.type == "cuda"
+        batched_first = min(width, block_width(device, width)) > 1
         order += ["cached_batched", "cached"] if batched_first else ["cached", "cached_batched"]
         if convolutional:  # convolution double backward is dear: the traced tangent pass wins there
             order.insert(0, "linearize")
