@@ -75,6 +75,8 @@ def worker(args) -> None:
     out["eigsh"] = {"wall_s": time.perf_counter() - t0, "eigenvalues": top.eigenvalues.tolist(),
                     "residuals": top.residuals.tolist(), "status": str(top.status), "matvecs": top.num_matvecs,
                     "basis_nbytes": top.basis_nbytes}  # fmt: skip
+    out["fd_error_first"] = A.fd_error
+    out["fd_error_top"] = A.check_fd_error(top.eigenvectors[:, :1])  # along the top eigenvector: the worst case
     t0 = time.perf_counter()
     dens = spectral_density(A, "slq", num_probes=args.probes, num_steps=args.steps, seed=0)
     out["slq"] = {"wall_s": time.perf_counter() - t0, "matvecs": dens.num_matvecs,
@@ -115,7 +117,8 @@ def summarise(ranks: list[dict]) -> dict:
             "slq_s": round(r0["slq"]["wall_s"], 2),
             "basis_MiB": round(max(r["eigsh"]["basis_nbytes"] for r in ranks) / 2**20, 2),
             "peak_MiB": round(max(r["peak_rss_above_start"] for r in ranks) / 2**20, 1),
-            "exact_MiB": round(r0["exact_bytes"] / 2**20, 1), "noise_floor": r0["noise_floor"]}  # fmt: skip
+            "exact_MiB": round(r0["exact_bytes"] / 2**20, 1), "noise_floor": r0["noise_floor"],
+            "fd_err_top": r0["fd_error_top"][0]}  # fmt: skip
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ def main() -> None:
             os._exit(3)  # a rank that dies after setup, before the first product
         before = [p.to_local().clone() for p in model.parameters()]
         out = compute(A, A.space.local)
+        out["fd_error_top"] = torch.tensor(A.check_fd_error(out["vectors"][:, :1]))  # along the top eigenvector
         out["restored"] = all(torch.equal(b, p.to_local()) for b, p in zip(before, model.parameters()))
         out["grads_untouched"] = all(p.grad is None for p in model.parameters())
         out["hv"] = A.space.gather(out["hv"])

@@ -22,7 +22,18 @@ from test_distributed import launch
 pytest.importorskip("torch.distributed.fsdp")
 
 CASES = [("mlp", "exact", 2), ("mlp", "fd", 3), ("gpt2", "exact", 3), ("gpt2", "fd", 2)]
-REPLICATED = ("eig", "res", "converged", "anorm", "tol", "slq_nodes", "slq_weights", "trace", "fd_error")
+REPLICATED = (
+    "eig",
+    "res",
+    "converged",
+    "anorm",
+    "tol",
+    "slq_nodes",
+    "slq_weights",
+    "trace",
+    "fd_error",
+    "fd_error_top",
+)
 
 
 def run(tmp_path, name, method, world, mode="ok", timeout=400):
@@ -56,7 +67,7 @@ def test_sharded_equals_single_process(tmp_path, name, method, world):
         assert bool(g["converged"].all()) and bool((g["res"] <= g["tol"] * g["anorm"]).all())
     else:
         fe = float(g["fd_error"])
-        assert 0 < fe < 1e-6
+        assert 0 < fe < 1e-6 and 0 < float(g["fd_error_top"][0]) <= fe  # the recorded error is the largest seen
         noise = 10 * fe  # NOISE_FACTOR: the default tolerance's margin over the estimate
         rel = (g["hv"] - want["hv"]).norm(dim=0) / want["hv"].norm(dim=0)
         assert bool((rel <= noise).all()), (rel / fe).tolist()
