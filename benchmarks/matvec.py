@@ -10,7 +10,7 @@ autograd gradient of the same mean loss measured in the same rounds, with the lo
 Peers in the same run: curvlinops ``HessianLinearOperator`` / ``GGNLinearOperator`` and PyHessian's
 HVP (its retained full-batch graph when the data is one batch, its data-loader product otherwise).
 
-    python benchmarks/matvec.py [--workloads mlp-300k cnn-1m] [--samples 512] [--repeat 7] [--threads 1]
+    python benchmarks/matvec.py [--workloads mlp-300k cnn-1m] [--samples 512] [--repeat 7] [--threads 1] [--compile]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from common import environment, loadavg, peer_versions, table, workload, write_j
 from curvscope import GGN, GradientMoment, Hessian, Residual
 
 
-def products(model, loss_fn, batches, device: str, blocks: bool) -> dict:
+def products(model, loss_fn, batches, device: str, blocks: bool, compiled: bool = False) -> dict:
     """Name -> ``(callable(X), K)``: every product to time, built (and warmed by the caller)."""
     N = sum(len(x) for x, _ in batches)
 
@@ -50,6 +50,11 @@ def products(model, loss_fn, batches, device: str, blocks: bool) -> dict:
         ("ggn rebuilt (before #16)", GGN, {"cache_graphs": False}),
         ("residual", Residual, {}),
         ("gradient moment", GradientMoment, {}),
+        *(
+            [("hessian compiled", Hessian, {"compile": True}), ("ggn compiled", GGN, {"compile": True})]
+            if compiled
+            else []
+        ),
     ]:
         fn, op = ours(Op, **kw)
         out[label] = (fn, 1, op)
@@ -92,7 +97,7 @@ def unflat(params, x):
     return out
 
 
-def run(name: str, device: str, repeat: int, samples: int | None, blocks: bool) -> list[dict]:
+def run(name: str, device: str, repeat: int, samples: int | None, blocks: bool, compiled: bool = False) -> list[dict]:
     model, loss_fn, batches = workload(name, num_samples=samples)
     model = model.to(device)
     batches = [(x.to(device), y.to(device)) for x, y in batches]
@@ -100,7 +105,7 @@ def run(name: str, device: str, repeat: int, samples: int | None, blocks: bool) 
     D = sum(p.numel() for p in model.parameters())
     g = torch.Generator().manual_seed(0)
     vecs = {K: torch.randn(D, K, generator=g).to(device) for K in (1, 8)}
-    todo = products(model, loss_fn, batches, device, blocks)
+    todo = products(model, loss_fn, batches, device, blocks, compiled)
     for fn, K, _ in todo.values():  # warm-up: kept graphs / linearisations built, strategies chosen
         fn(vecs[K][:, 0] if K == 1 else vecs[K])
     times = {label: [] for label in todo}
@@ -144,6 +149,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=None, help="use the first N digits (default: all 1797)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-blocks", dest="blocks", action="store_false", help="skip the K=8 block products")
+    parser.add_argument("--compile", action="store_true", help="add compile=True products (slow to compile)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     if args.threads:
@@ -151,7 +157,7 @@ def main() -> None:
     all_rows = []
     for device in args.device:
         for name in args.workloads:
-            rows = run(name, device, args.repeat, args.samples, args.blocks)
+            rows = run(name, device, args.repeat, args.samples, args.blocks, args.compile)
             env = {**environment(), "peers": peer_versions()}
             write_json("matvec", f"{name}-{device}", {"environment": env, "rows": rows})
             all_rows += rows
