@@ -25,7 +25,9 @@ def rel_err(A, B):
 
 
 @pytest.mark.skipif(REASON is not None, reason=f"torch.compile cannot run here: {REASON}")
-@pytest.mark.parametrize("Op", [Hessian, GGN, GradientMoment], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "Op", [Hessian, GGN, pytest.param(GradientMoment, marks=pytest.mark.slow)], ids=lambda c: c.__name__
+)
 def test_compiled_products_equal_eager_in_float64(Op):
     model, data = problem()
     op = Op(model, CE, data, compile=True, probe=False, cache_graphs=False)

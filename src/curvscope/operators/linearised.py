@@ -16,12 +16,18 @@ parameter changed, and only when it fits the same memory budget as the Hessian's
   * ``"linearize"`` — :func:`torch.func.linearize`: a traced forward-mode graph with the primal
     values baked in; ``J v`` runs only the tangent half of a ``jvp``.
 
-A product is then one ``J v`` (≈ a forward-mode pass) plus one backward. Measured on a loaded
-2-core CPU (float32, one batch of 512 digits; ``benchmarks/matvec.py``), per product / gradient:
-MLP-300k 1.18 (double vjp) vs 1.24 (linearize); CNN-1M 1.81 (double vjp: convolution double
-backward is dear) vs 1.13 (linearize); the per-product rebuild was 2.27 / 2.09. Hence the rule in
+A product is then one ``J v`` (≈ a forward-mode pass) plus one backward: on dense layers 4 matmul
+passes against a gradient's 3, so ≈ 4/3 of a gradient is the floor. ``benchmarks/matvec.py``
+(float32, 1 thread, interleaved, on a 2-core machine at load average 8–10), product / gradient —
+double vjp, linearize, the per-product rebuild it replaces, the kept-graph HVP, curvlinops' GGN:
+
+- MLP-300k (1797 digits, 4 batches): 1.77, 1.81, 3.21, 2.71, 3.10;
+- CNN-1M (512 digits, 1 batch): 1.96, 1.14, 2.18, 2.12, 2.20.
+
+The double backward of a convolution is dear, hence the rule in
 :func:`~curvscope.operators.strategies.rule_order`: ``linearize`` first for convolutional models,
-the double vjp first otherwise; either falls back to the other on a benign failure.
+the double vjp first otherwise (on dense nets the two are level within the noise, and the double
+vjp needs no tracing); either falls back to the other on a benign failure.
 """
 
 from __future__ import annotations
