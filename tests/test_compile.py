@@ -63,3 +63,9 @@ def test_a_graph_the_compiler_refuses_falls_back_with_a_warning(monkeypatch):
         got = op @ v
     assert op.strategy_record["single"] == "autograd"
     assert rel_err(got, Hessian(model, CE, data, probe=False, cache_graphs=False) @ v) <= 1e-12
+
+
+def test_compiled_strategy_without_compile_true_says_how():
+    model, data = problem()
+    with pytest.raises(ValueError, match="'compiled' needs compile=True"):
+        Hessian(model, CE, data, strategy="compiled")

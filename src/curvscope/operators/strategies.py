@@ -169,7 +169,7 @@ class StrategyChooser:
         if selection in STRATEGIES and selection not in available:
             raise ValueError(
                 f"{name} has no strategy {selection!r}: its strategies are {list(available)} "
-                f"(the cached ones need cache_graphs=True and a fixed list of batches)"
+                f"(the cached ones need cache_graphs=True and a fixed list of batches; 'compiled' needs compile=True)"
             )
         self.available = list(available)
         self.selection = selection
