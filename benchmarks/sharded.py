@@ -156,7 +156,7 @@ def main() -> None:
             ranks = launch(args, world, method)
             row = summarise(ranks)
             rows.append(row)
-            write_json("sharded", f"gpt2-w{args.width}-l{args.layers}-{method}-{world}ranks",
+            write_json("sharded", f"gpt2-w{args.width}-l{args.layers}-{args.dtype}-{method}-{world}ranks",
                        {"config": {k: v for k, v in vars(args).items() if k not in ("worker", "rank", "port")},
                         "summary": row, "ranks": ranks, "loadavg_before": load_before, "loadavg_after": loadavg(),
                         "environment": environment()})  # fmt: skip
