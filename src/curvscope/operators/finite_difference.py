@@ -37,9 +37,10 @@ def first_order_gradient(loss_of: Callable[[Mapping[str, Tensor]], Tensor], valu
 
 def fd_step(values: Mapping[str, Tensor], v: Mapping[str, Tensor], dtype: torch.dtype) -> float:
     """The step ``h`` of a central difference along ``v`` (see the module docstring)."""
-    theta = math.sqrt(sum(float((t.double() ** 2).sum()) for t in values.values()))
+    sq = sum(float((t.double() ** 2).sum()) for t in values.values())
+    rms = math.sqrt(sq / max(1, sum(t.numel() for t in values.values())))
     vnorm = math.sqrt(sum(float((t.double() ** 2).sum()) for t in v.values()))
-    return torch.finfo(dtype).eps ** (1 / 3) * max(1.0, theta) / max(vnorm, torch.finfo(torch.float64).tiny)
+    return torch.finfo(dtype).eps ** (1 / 3) * max(1.0, rms) / max(vnorm, torch.finfo(torch.float64).tiny)
 
 
 def central_difference(loss_of, values: Mapping[str, Tensor], v: Mapping[str, Tensor], h: float) -> TangentDict:
