@@ -51,21 +51,13 @@ import torch
 from torch import nn
 
 from curvscope.data import balanced_subset, load_dataset
+from curvscope.experiments.paper_values import COHEN2021
 from curvscope.experiments.registry import Context, Recipe
 from curvscope.experiments.run import Claim, Figure, RunDir
 from curvscope.models import build_model
 from curvscope.monitor import CurvatureMonitor
 
 SOURCE = "Cohen et al. 2021, ICLR (arXiv:2103.00065)"
-
-#: What the paper reports for each paper claim (its figures give no single number to compare with).
-PAPER = {
-    "sharpening": "sharpness rises during training until it reaches 2/η, for MSE and cross-entropy (§3.1; "
-    "Figure 1: a fully connected tanh net on a 5k-image CIFAR-10 subset; other architectures in §3 and the "
-    "appendix)",
-    "loss": "while sharpness hovers at (or just above) 2/η, the training loss keeps falling over long timescales, "
-    "non-monotonically (§3, Figure 1)",
-}
 
 
 class HalfSquaredError(nn.Module):
@@ -137,13 +129,13 @@ def _claims(run: RunDir, key: str, lr: float, r: dict) -> None:
                     f"sharpening)", {"lambda_max_0": round(lam0, 4), "peak": round(peak, 4), "two_over_eta": thr},
                     "λ_max(0) < 0.9·2/η and max_t λ_max ≥ 0.9·2/η", lam0 < 0.9 * thr and peak >= 0.9 * thr,
                     f"{SOURCE}, §3.1 and Figure 1", kind="paper", inputs=status,
-                    paper_value=PAPER["sharpening"]))  # fmt: skip
+                    paper_value=COHEN2021["sharpening"]))  # fmt: skip
     if len(reached) == 0:
         for name, kind in (("edge", "regression"), ("loss", "paper")):  # the kinds of the claims made below
             what = f"{where}: (needs λ_max to reach 2/η first)"
             run.claim(Claim(f"{key}_{name}", what, None, "λ_max never reached 0.9·2/η in this run", False,
                             f"{SOURCE}, §3", kind=kind, inputs=status,
-                            paper_value=PAPER.get(name, "")))  # fmt: skip
+                            paper_value=COHEN2021.get(name, "")))  # fmt: skip
         return
     i = int(reached[0])
     t_edge = int(steps[i])
@@ -172,7 +164,7 @@ def _claims(run: RunDir, key: str, lr: float, r: dict) -> None:
                     "final_loss": round(tail[-1].item(), 5), "increases": ups, "steps": len(tail) - 1},
                     "final loss < loss when 0.9·2/η was first reached, and at least one step-to-step increase",
                     bool(tail[-1] < tail[0]) and ups > 0, f"{SOURCE}, §3 and Figure 1", kind="paper",
-                    inputs=status, paper_value=PAPER["loss"]))  # fmt: skip
+                    inputs=status, paper_value=COHEN2021["loss"]))  # fmt: skip
 
 
 def _figures(run: RunDir, s: Settings) -> None:

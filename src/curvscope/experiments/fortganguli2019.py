@@ -63,6 +63,7 @@ from curvscope.experiments.goldilocks import (
     measure_goldilocks,
     train_hyperplanes,
 )
+from curvscope.experiments.paper_values import FORT_GANGULI2019
 from curvscope.experiments.registry import Context, Recipe
 from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
 from curvscope.metrics import (
@@ -83,14 +84,6 @@ F64 = torch.float64
 SRC = "Fort & Ganguli 2019 (arXiv:1910.05929)"
 GUR_ARI = "Gur-Ari, Roberts & Dyer 2018 (arXiv:1812.04754)"
 GUARD = "measured by curvscope (docs/science.md, 'Claim kinds and verdicts')"
-#: What the papers report for the paper claims (qualitative findings from their figures: no single number).
-PAPER = {
-    "logit_clustering": "per-sample gradients of one logit are strongly aligned across inputs, gradients of "
-    "different logits nearly orthogonal (Fort & Ganguli's first emergent property; cosine-matrix figures)",
-    "class_dependence": "within one logit, a weaker secondary clustering by the input's class (same figures)",
-    "confinement": "after a short initial phase the gradient lies mostly in the top-k Hessian eigenspace, k = the "
-    "number of classes (Gur-Ari et al., §2 and Fig. 1: MNIST and CIFAR-10 nets)",
-}
 DYN_KEYS = ("epoch", "ftop", "ftop_C", "mb_mean", "mb_min", "mb_max", "lambda_max")
 LOGIT_KEYS = ("same_logit", "cross_logit", "same_logit_same_class", "same_logit_cross_class")
 
@@ -226,7 +219,7 @@ def _claims_logits(run: RunDir, dyn: dict) -> None:
         "per-sample logit gradients cluster by logit: mean cosine of ∇z_k(x_i), ∇z_k(x_j) (i ≠ j) exceeds that of "
         "∇z_k(x_i), ∇z_k'(x_j) (k ≠ k'), at every measured snapshot of both GMM runs",
         measured, "same-logit > |cross-logit| at every snapshot", all(a > abs(b) for a, b in pairs),
-        SRC + ", logit-gradient clustering", kind="paper", paper_value=PAPER["logit_clustering"],
+        SRC + ", logit-gradient clustering", kind="paper", paper_value=FORT_GANGULI2019["logit_clustering"],
     )  # fmt: skip
     _claim(
         run, "logit_gradient_clustering_levels",
@@ -238,7 +231,7 @@ def _claims_logits(run: RunDir, dyn: dict) -> None:
         run, "logit_gradient_class_dependence",
         "within one logit, gradients of inputs of the same class are more aligned than of other classes",
         f"same class {_rng(sc)}, other classes {_rng(oc)}", "reported (the weaker class dependence), not asserted",
-        None, SRC, kind="paper", paper_value=PAPER["class_dependence"],
+        None, SRC, kind="paper", paper_value=FORT_GANGULI2019["class_dependence"],
     )  # fmt: skip
 
 
@@ -258,7 +251,7 @@ def _claims_dynamics(run: RunDir, dyn: dict, D: int) -> None:
         f"f_top {float(ft[-1]):.3f} at epoch {float(ep[-1]):g} (loss {float(loss[-1]):.3g})",
         f"f_top > 0.5 (most of ‖g‖²) at the last snapshot; chance (C−1)/D = {chance:.4f}",
         float(ft[-1]) > 0.5, GUR_ARI, inputs=_eig_inputs(ov, "s = 0.4", last), kind="paper",
-        paper_value=PAPER["confinement"],
+        paper_value=FORT_GANGULI2019["confinement"],
     )  # fmt: skip
     _claim(
         run, "gradient_confinement_level",

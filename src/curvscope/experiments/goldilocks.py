@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from curvscope.data import batches, load_dataset, train_test_split
+from curvscope.experiments.paper_values import GOLDILOCKS2018
 from curvscope.experiments.registry import Context
 from curvscope.experiments.run import Claim, Figure, RunDir, array_ref, trusted
 from curvscope.metrics import goldilocks
@@ -28,12 +29,6 @@ F64 = torch.float64
 PLANE_LR = {"sgd": 0.05, "adam": 0.01}
 GOLD = "Fort & Scherlis 2018 (arXiv:1807.02581)"
 GUARD = "measured by curvscope (docs/science.md, 'Claim kinds and verdicts')"
-#: What Fort & Scherlis report for the paper claims (qualitative: their figures give curves, not one number).
-PAPER_GOLDILOCKS = {
-    "peak": "on random low-dimensional hyperplanes Tr(H)/‖H‖ is near 0 for small and large initial radii and "
-    "peaks in between (the Goldilocks zone, around the radius of the usual initialisations)",
-    "positive": "the fraction of positive eigenvalues of the restricted Hessian is highest in the same zone",
-}
 #: ``s`` below: the experiment's settings (alphas, gold_dim, gold_subspaces, plane_dims, plane_alphas,
 #: plane_epochs, plane_optimizers).
 Settings = Any
@@ -127,13 +122,13 @@ def goldilocks_claims(run: RunDir, g: dict, s: Settings) -> None:
         run, "goldilocks_peak", f"Tr(H_d)/‖H_d‖_F peaks at an intermediate init scale ({where})",
         f"max {r[k]:.3g} at α = {a[k]:g}; {r[0]:.3g} at α = {a[0]:g}, {r[-1]:.3g} at α = {a[-1]:g}",
         "the maximum over the α grid is at an interior α, above both ends", inside, GOLD, inputs=st, kind="paper",
-        paper_value=PAPER_GOLDILOCKS["peak"],
+        paper_value=GOLDILOCKS2018["peak"],
     )  # fmt: skip
     _claim(
         run, "goldilocks_positive_fraction", f"the positive fraction of H_d is highest in the zone ({where})",
         f"{pos[0]:.2f} (α = {a[0]:g}), max {pos[kp]:.2f} (α = {a[kp]:g}), {pos[-1]:.2f} (α = {a[-1]:g})",
         "the maximum over the α grid is at an interior α, above both ends", inside_p, GOLD, inputs=st, kind="paper",
-        paper_value=PAPER_GOLDILOCKS["positive"],
+        paper_value=GOLDILOCKS2018["positive"],
     )  # fmt: skip
     _claim(
         run, "goldilocks_small_init", f"Tr(H_d)/‖H_d‖_F ≈ 0 for small initial weights ({where})",

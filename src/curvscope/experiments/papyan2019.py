@@ -54,6 +54,7 @@ from torch import nn
 
 from curvscope.data import balanced_subset, batches, load_dataset
 from curvscope.experiments import instruments as ins
+from curvscope.experiments.paper_values import PAPYAN2019
 from curvscope.experiments.papyan2019_figures import figures
 from curvscope.experiments.registry import Context, Recipe
 from curvscope.experiments.run import Claim, RunDir
@@ -351,7 +352,7 @@ def _outlier_claims(run: RunDir, cfg: Settings, results, steps, spe, C, D) -> No
         f"overlap > {MAJORITY} (more of the eigenspace inside the span than outside; chance C²/D = {chance:.3f}) "
         "at the last snapshot of each training-set size",
         min(ov_final.values()) > MAJORITY,
-        SOURCE, kind="paper", inputs=_eigsh_statuses(finals),
+        SOURCE, kind="paper", inputs=_eigsh_statuses(finals), paper_value=PAPYAN2019["outliers"],
     ))  # fmt: skip
     late = [(n, s, r) for n in cfg.sizes for s, r in zip(steps, results[n]) if s >= 2 * spe]
     ov = {f"N={n}, step {s}": round(r["overlap_cross_means"], 4) for n, s, r in late}
@@ -383,7 +384,7 @@ def _outlier_claims(run: RunDir, cfg: Settings, results, steps, spe, C, D) -> No
         f"{last['eig_G'][0]:.3g} … {last['eig_G'][-1]:.3g}",
         "reported, not asserted (visible only sometimes)",
         None,
-        SOURCE, kind="paper",
+        SOURCE, kind="paper", paper_value=PAPYAN2019["mini"],
     ))  # fmt: skip
 
 

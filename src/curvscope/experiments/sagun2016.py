@@ -36,6 +36,7 @@ import itertools
 import torch
 
 from curvscope.experiments import instruments as ins
+from curvscope.experiments.paper_values import SAGUN2016
 from curvscope.experiments.registry import Context, Recipe
 from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
 from curvscope.experiments.sagun2016_nets import (
@@ -153,6 +154,7 @@ def _spectra_claims(run: RunDir, rows: dict[str, dict], fitted: dict) -> None:
             SRC,
             kind="paper",
             inputs=exact,
+            paper_value=SAGUN2016["outliers"],
         )
     )
     run.claim(
@@ -264,6 +266,7 @@ def _class_sweep(run: RunDir, ctx: Context, s: Settings) -> None:
                 SRC if expect else GUARD,
                 kind="paper" if expect else "regression",
                 inputs={f"eigsh C={r['C']}": r["status"] for r in rows},
+                paper_value=SAGUN2016["classes"] if expect else "",
             )
         )
     cs = [*s.ce_classes, *s.mse_classes]
@@ -372,6 +375,7 @@ def _width_claims(run: RunDir, s: Settings, rows: list[dict]) -> None:
             all(b > a for a, b in itertools.pairwise(fr)),
             SRC,
             kind="paper",
+            paper_value=SAGUN2016["bulk"],
             inputs={f"{m} w={r['width']}": r[f"status_{m}"] for r in rows for m in ("eigsh", "slq")},
         )
     )

@@ -42,6 +42,7 @@ import torch
 
 from curvscope.data import batches, load_dataset
 from curvscope.experiments import instruments as ins
+from curvscope.experiments.paper_values import SAGUN2017
 from curvscope.experiments.registry import Context, Recipe
 from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
 from curvscope.linalg import eigsh
@@ -230,6 +231,7 @@ def _split_claims(run: RunDir, rows: dict) -> None:
             all(row["min_H"] < 0 < row["max_Hres"] and row["min_Hres"] < 0 for row in rows.values()),
             SRC_SPLIT,
             kind="paper",
+            paper_value=SAGUN2017["negative"],
             inputs=inputs("H", "Hres"),
         )
     )
@@ -264,6 +266,7 @@ def _outlier_claims(run: RunDir, rows: dict) -> None:
             res_norm < lam_k,
             SRC_SPLIT,
             kind="paper",
+            paper_value=SAGUN2017["outliers"],
             inputs=_inputs(rows, "Hres", eigsh=("H", "G"), point="lb"),
         )
     )
@@ -290,6 +293,7 @@ def _outlier_claims(run: RunDir, rows: dict) -> None:
             None,
             SRC_SPLIT,
             kind="paper",
+            paper_value=SAGUN2017["residual"],
         )
     )
     _split_figures(run, rows)
@@ -391,6 +395,7 @@ def _line_claims(run: RunDir, line: dict) -> None:
             line["barrier"] <= 0.0,
             SRC,
             kind="paper",
+            paper_value=SAGUN2017["barrier"],
         )
     )
     run.claim(
@@ -402,6 +407,7 @@ def _line_claims(run: RunDir, line: dict) -> None:
             bool(line["monotone"]),
             SRC,
             kind="paper",
+            paper_value=SAGUN2017["barrier"],
         )
     )
     run.claim(
@@ -413,6 +419,7 @@ def _line_claims(run: RunDir, line: dict) -> None:
             lam_sb < lam_lb,
             SRC,
             kind="paper",
+            paper_value=SAGUN2017["flatter"],
             inputs=ends,
         )
     )
