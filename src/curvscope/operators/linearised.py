@@ -17,12 +17,15 @@ parameter changed, and only when it fits the same memory budget as the Hessian's
     values baked in; ``J v`` runs only the tangent half of a ``jvp``.
 
 A product is then one ``J v`` (≈ a forward-mode pass) plus one backward: on dense layers 4 matmul
-passes against a gradient's 3, so ≈ 4/3 of a gradient is the floor. ``benchmarks/matvec.py``
-(float32, 1 thread, interleaved, on a 2-core machine at load average 8–10), product / gradient —
-double vjp, linearize, the per-product rebuild it replaces, the kept-graph HVP, curvlinops' GGN:
+passes against a gradient's 3 (2 for ``W dx + dW x``, 2 for ``Wᵀw`` and ``w xᵀ``), so ≈ 4/3 of a
+gradient is the floor of any exact GGN product (1.31 by counting for the MLP-300k, whose first
+layer has no input gradient). ``benchmarks/matvec.py`` (float32, 1 thread, full digits in 4 batches,
+interleaved, load average 0.4–0.9), product / gradient — double vjp, linearize, the per-product
+rebuild it replaces, the kept-graph HVP, curvlinops' GGN:
 
-- MLP-300k (1797 digits, 4 batches): 1.77, 1.81, 3.21, 2.71, 3.10;
-- CNN-1M (512 digits, 1 batch): 1.96, 1.14, 2.18, 2.12, 2.20.
+- MLP-300k: 1.49, 1.58, 2.46, 2.30, 2.62 (of the 1.49: 1.30 the product itself, 0.10 the float64
+  sums of float32 batch products, 0.08 the rest of the pass);
+- CNN-1M: 1.80, 1.12, 2.21, 2.09, 2.26.
 
 The double backward of a convolution is dear, hence the rule in
 :func:`~curvscope.operators.strategies.rule_order`: ``linearize`` first for convolutional models,
