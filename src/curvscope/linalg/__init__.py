@@ -16,6 +16,7 @@ refused for another operator); a keyword without meaning for an algorithm is ref
 ignored. Results carry a :class:`~curvscope.common.Status` and a message.
 """
 
+from curvscope.linalg.deflation import DeflatedDensity, deflated_density
 from curvscope.linalg.density import Density, spectral_density, wasserstein1
 from curvscope.linalg.eigsh import EigshResult, eigsh
 from curvscope.linalg.lanczos import LanczosResult, lanczos
@@ -25,6 +26,7 @@ from curvscope.linalg.trace import DiagonalResult, TraceResult, diagonal, trace
 
 __all__ = [
     "BasisStorage",
+    "DeflatedDensity",
     "Density",
     "DeviceStorage",
     "DiagonalResult",
@@ -33,6 +35,7 @@ __all__ = [
     "HostStorage",
     "LanczosResult",
     "TraceResult",
+    "deflated_density",
     "diagonal",
     "eigsh",
     "lanczos",
