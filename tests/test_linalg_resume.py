@@ -108,5 +108,5 @@ def test_eigsh_refuses_a_basis_that_cannot_fit(monkeypatch):
     import curvscope.memory as memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 1000)
-    with pytest.raises(MemoryError, match=r"the eigsh basis \(15 vectors of D=200.*try: storage='disk'"):
+    with pytest.raises(MemoryError, match=r"the eigsh basis \(15 vectors of 200 coordinates.*try: storage='disk'"):
         eigsh(SlowCounting(problem()), k=6, ncv=14)
