@@ -104,6 +104,10 @@ class Settings:
     plane_alphas: tuple[float, ...]
     plane_epochs: float
     plane_optimizers: tuple[str, ...] = ("sgd", "adam")
+    # What "positive" means for H_d's eigenvalues: above the products' noise band (GoldilocksResult.
+    # noise_band). Part of the run's fingerprint, so a directory measured under the earlier rule
+    # (λ > 0, no band; its cached steps lack the unresolved fraction) is refused, not resumed.
+    gold_positive_rule: str = "above_noise_band"
 
 
 QUICK = Settings(
