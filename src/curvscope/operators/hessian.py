@@ -54,8 +54,10 @@ class Hessian(CurvatureOperator):
         vectors = [{k: t[i] for k, t in V.items()} for i in range(K)]
         outs = [fd_product(loss_of, values, v, self.dtype, richardson) for v in vectors]
         if index not in self._fd_errors:  # first pass over this batch: estimate the products' error
-            self._fd_errors[index] = max(fd_error_estimate(loss_of, values, u, self.dtype)
-                                         for u in (vectors[0], _curved_direction(outs[0], vectors[0])))  # fmt: skip
+            plain = None if richardson else outs[0]  # D(h) along vectors[0], already formed
+            self._fd_errors[index] = max(fd_error_estimate(loss_of, values, vectors[0], self.dtype, small=plain),
+                                         fd_error_estimate(loss_of, values, _curved_direction(outs[0], vectors[0]),
+                                                           self.dtype))  # fmt: skip
         return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
 
     def _gradient_graph(self, inputs: Any, targets: Any, n: int):
