@@ -210,3 +210,38 @@ def test_paper_vs_ours_table_lists_paper_claims_with_a_paper_value(tmp_path):
     table = page.split('id="paper-vs-ours"')[1].split("</table>")[0]
     assert "C − 1 = 9 outliers (MNIST, Fig. 4)" in table and ">9<" in table and "PASS" in table
     assert "barrier" not in table and "level" not in table  # no paper value / not a paper claim
+
+
+def test_reproduce_data_is_fingerprinted_and_time_adds_up_over_resumptions(tmp_path):
+    """--data reaches the recipe, is part of the fingerprint, and is refused at the quick scale;
+    a killed run's wall and CPU seconds are kept and the resumed segment adds to them."""
+    from curvscope.experiments.registry import EXPERIMENTS, Recipe, register, run_experiment
+
+    seen, kill = [], [True]
+
+    def run(rd, ctx):
+        seen.append(ctx.image_data())
+        rd.step("first", lambda: {"x": torch.ones(1)})
+        if kill[0]:
+            raise KeyboardInterrupt  # the run is killed after its first step
+
+    try:
+        register(Recipe("zz_data", "t", "s", run), overwrite=True)
+        with pytest.raises(ValueError, match="--scale full"):
+            run_experiment("zz_data", "quick", out=tmp_path / "q", data="mnist-idx:/x", progress=False)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment("zz_data", "full", out=tmp_path / "r", data="mnist-idx:/x", progress=False)
+        killed = json.loads((tmp_path / "r" / "results.json").read_text())["timing"]
+        assert killed["segments"] == 1 and killed["wall_seconds"] > 0 and killed["cpu_seconds"] >= 0
+        with pytest.raises(ValueError, match=r"different config.*'data'"):
+            run_experiment("zz_data", "full", out=tmp_path / "r", progress=False)  # other data: refused
+        kill[0] = False
+        done = run_experiment("zz_data", "full", out=tmp_path / "r", data="mnist-idx:/x", progress=False)
+        assert seen == ["mnist-idx:/x", "mnist-idx:/x"]
+        timing = done.results["timing"]
+        assert timing["segments"] == 2 and timing["wall_seconds"] >= killed["wall_seconds"]
+        assert done.results["wall_seconds"] == timing["wall_seconds"]
+        run_experiment("zz_data", "full", out=tmp_path / "d", progress=False)
+        assert seen[-1] == "fashion-mnist"
+    finally:
+        EXPERIMENTS.pop("zz_data", None)

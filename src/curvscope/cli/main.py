@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "reproduce",
         help="run a paper reproduction (or all of them) and write its report",
-        description="Run a named experiment at the quick (<= 3 min on 2 CPU cores) or full (paper-like, GPU) scale. "
+        description="Run a named experiment at the quick (<= 3 min on 2 CPU cores) or full scale "
+        "(Fashion-MNIST or your --data; <= 60 min each on 2 CPU cores). "
         "Each claim has a kind (paper, regression, sanity) and a verdict (pass, fail, inconclusive, reported) "
         "in results.json and report.html.",
         epilog=EPILOG_REPRODUCE,
@@ -76,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--scale", choices=["quick", "full"], default="quick")
     r.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument(
+        "--data",
+        default=None,
+        metavar="DATASET",
+        help="full scale only: your images instead of Fashion-MNIST, e.g. mnist-idx:/data/mnist or "
+        "cifar10:/data/cifar-10-batches-py",
+    )
     r.add_argument("--out", default=None, help="run directory (for 'all': a parent directory)")
     r.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a partial run in RUN_DIR")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -180,6 +188,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.resume:
         cfg = read_json(Path(args.resume) / "config.json")
         args.name, args.scale, args.seed, args.device = cfg["experiment"], cfg["scale"], cfg["seed"], cfg["device"]
+        args.data = cfg.get("data")
         args.out = args.resume
     if not args.name:
         print("curvscope reproduce: name an experiment or 'all'; valid names: " + ", ".join(names()), file=sys.stderr)
@@ -194,7 +203,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         if get_rank() != 0:  # under torchrun every rank computes the same run; only rank 0 keeps it
             out = tempfile.mkdtemp(prefix=f"curvscope-rank{get_rank()}-")
         print(f"== {name} ({args.scale})", flush=True)
-        run = run_experiment(name, args.scale, args.seed, args.device, out, progress=not args.quiet)
+        run = run_experiment(name, args.scale, args.seed, args.device, out, progress=not args.quiet, data=args.data)
         report = render(run.path)
         _print_claims(run.results)
         print(f"   report: {report}")

@@ -24,11 +24,18 @@ class Context:
     seed: int
     device: torch.device
     progress: bool = True
+    #: A dataset that replaces the recipe's full-scale image data (``mnist-idx:PATH``, ``cifar10:PATH``,
+    #: or a registered name); ``None`` keeps the recipe's default (Fashion-MNIST at the full scale).
+    data: str | None = None
 
     @property
     def quick(self) -> bool:
         """True at the quick scale (≤ 3 min on 2 CPU cores)."""
         return self.scale == "quick"
+
+    def image_data(self, default: str = "fashion-mnist") -> str:
+        """The image dataset a full-scale recipe loads: the user's ``--data`` or ``default``."""
+        return self.data or default
 
 
 @dataclass(frozen=True)
@@ -88,26 +95,52 @@ def run_experiment(
     device: str = "cpu",
     out: str | Path | None = None,
     progress: bool = True,
+    data: str | None = None,
 ) -> RunDir:
     """Run (or resume, when ``out`` holds a partial run of the same config) an experiment.
+
+    ``data`` replaces the full scale's image dataset (e.g. ``"mnist-idx:/data/mnist"``); it is part of
+    the run's fingerprint. Wall-clock and CPU seconds add up over a run's resumptions.
 
     Returns the :class:`RunDir`; the report is rendered by the caller (``curvscope.report``).
     """
     recipe = get(name)
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    if data is not None and scale == "quick":
+        raise ValueError("--data replaces the full scale's images: use it with --scale full")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     out = Path(out) if out is not None else Path("runs") / f"{name}-{scale}-seed{seed}"
     config = {"experiment": name, "scale": scale, "seed": seed, "device": str(dev)}
+    if data is not None:
+        config["data"] = data
     fingerprint = default_fingerprint(config, params=recipe.params(scale), default_dtype=str(torch.get_default_dtype()))
     run_dir = RunDir(out, config, fingerprint=fingerprint)
     run_dir.results["title"] = recipe.title
     run_dir.results["summary"] = recipe.summary
     # An application-level choice (process-wide): late-training HVPs run ~4x slower with denormals.
     torch.set_flush_denormal(True)
-    t0 = time.perf_counter()
-    recipe.run(run_dir, Context(scale=scale, seed=seed, device=dev, progress=progress))
-    run_dir.finish(wall_seconds=time.perf_counter() - t0)
+    previous = run_dir.results.get("timing", {})
+    t0, c0 = time.perf_counter(), time.process_time()
+
+    def timing() -> dict:
+        # Seconds of this segment plus those of earlier (killed, then resumed) segments.
+        return {
+            "wall_seconds": previous.get("wall_seconds", 0.0) + time.perf_counter() - t0,
+            "cpu_seconds": previous.get("cpu_seconds", 0.0) + time.process_time() - c0,
+            "segments": previous.get("segments", 0) + 1,
+            "threads": torch.get_num_threads(),
+        }
+
+    try:
+        recipe.run(run_dir, Context(scale=scale, seed=seed, device=dev, progress=progress, data=data))
+    except BaseException:
+        run_dir.results["timing"] = timing()  # a resumed run continues the count
+        run_dir.flush()
+        raise
+    total = timing()
+    run_dir.results["timing"] = total
+    run_dir.finish(wall_seconds=total["wall_seconds"])
     return run_dir
