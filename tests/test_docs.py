@@ -91,13 +91,17 @@ def test_gallery_lists_every_reproduction_and_renders_committed_runs(tmp_path):
     (run / "results.json").write_text(
         '{"wall_seconds": 1830.0, "finished": "2026-12-02T10:00:00", "claims": '
         '[{"name": "outliers_track_classes", "kind": "paper", "verdict": "fail", '
-        '"statement": "C outliers | C classes"}]}'
+        '"statement": "C outliers | C classes", "paper_value": "C outliers (Fig. 3)", '
+        '"measured": {"gap": 7, "ratio": 1.234567}}], '
+        '"timing": {"wall_seconds": 1830.0, "cpu_seconds": 1500.0, "threads": 1, "segments": 2}}'
     )
     (run / "config.json").write_text('{"experiment": "sagun2016", "scale": "full", "seed": 0}')
     (tmp_path / "reproductions" / "extra-run").mkdir()
     text = gallery.render(tmp_path)
     assert "[report](sagun2016/report.html)" in text and "scale `full`, wall time 30.5 min" in text
-    assert "| `outliers_track_classes` | paper | **fail** | C outliers \\| C classes |" in text
+    assert "(CPU 25.0 min, 1 thread(s), 2 segments)" in text
+    row = '| `outliers_track_classes` | paper | **fail** | C outliers \\| C classes | C outliers (Fig. 3) | {"gap": 7, "ratio": 1.235} |'
+    assert row in text
     assert "## extra-run" in text and "no report or results.json yet" in text
     assert "| [sagun2016](sagun2016/report.html) | `full` | 30.5 min | 0 of 1 | 1 fail |" in text
     assert "| extra-run | `?` | not recorded | 0 of 0 | no claims |" in text

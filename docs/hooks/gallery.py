@@ -58,20 +58,48 @@ def _verdict(claim: dict) -> str:
     return claim.get("verdict") or ("reported" if passed is None else ("pass" if passed else "fail"))
 
 
+def _compact(value: Any, limit: int = 140) -> str:
+    """A claim's measured value as one short table cell (floats to 4 significant digits)."""
+
+    def short(v: Any) -> Any:
+        if isinstance(v, float):
+            return float(f"{v:.4g}")
+        if isinstance(v, dict):
+            return {k: short(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [short(x) for x in v]
+        return v
+
+    text = json.dumps(short(value), ensure_ascii=False, default=str) if value is not None else "—"
+    return _cell(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def _timing(results: dict) -> str:
+    """Wall time, and CPU time with the thread count when the run recorded them (summed over resumptions)."""
+    timing = results.get("timing") or {}
+    text = f"wall time {_duration(results.get('wall_seconds'))}"
+    if timing.get("cpu_seconds") is not None:
+        text += f" (CPU {_duration(timing['cpu_seconds'])}, {timing.get('threads', '?')} thread(s)"
+        segments = timing.get("segments", 1)
+        text += f", {segments} segments)" if segments and segments > 1 else ")"
+    return text
+
+
 def _run_section(name: str, folder: Path) -> list[str]:
-    """The lines for one committed run directory ``docs/reproductions/<name>/``."""
+    """The lines for one committed run directory ``docs/reproductions/<name>/``: its paper-vs-ours table."""
     results, scale, links = _load(name, folder)
     lines = [
         f"**Committed run** ({', '.join(links) or 'no report or results.json yet'}): scale `{scale}`, "
-        f"wall time {_duration(results.get('wall_seconds'))}, finished {results.get('finished', 'not recorded')}."
+        f"{_timing(results)}, finished {results.get('finished', 'not recorded')}."
     ]
     claims = results.get("claims") or []
     if claims:
-        lines += ["", "| claim | kind | verdict | statement |", "| --- | --- | --- | --- |"]
+        lines += ["", "| claim | kind | verdict | statement | paper | ours |", "| --- | --- | --- | --- | --- | --- |"]
         for c in claims:
             lines.append(
                 f"| `{_cell(c.get('name', '?'))}` | {_cell(c.get('kind', 'paper'))} | **{_cell(_verdict(c))}** "
-                f"| {_cell(c.get('statement', ''))} |"
+                f"| {_cell(c.get('statement', ''))} | {_cell(c.get('paper_value') or '—')} "
+                f"| {_compact(c.get('measured'))} |"
             )
     return lines
 
