@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from curvscope import Hessian, eigsh, spectral_density, trace
+from curvscope.linalg import power_iteration
 
 PROBLEMS = ("mlp", "gpt2")
 
@@ -56,6 +57,8 @@ def compute(A, local=lambda X: X) -> dict:
     out["slq_nodes"], out["slq_weights"] = dens.nodes, dens.weights
     basis = eigsh(A, k=20, which="LA", num_matvecs=22, residuals="ritz", seed=0)  # memory only: few products
     out["trace"] = torch.tensor(trace(A, "hutch++", 9, seed=0).estimate)
+    power = power_iteration(A, k=2, block_size=2, num_matvecs=40, tol=1e-12, seed=0)  # 20 block steps
+    out["power_eig"], out["power_res"] = power.eigenvalues, power.residuals
     out["basis_nbytes"] = torch.tensor(basis.basis_nbytes)
     return out
 

@@ -36,7 +36,7 @@ reduce-scatter, or an inner product) until the process group's timeout
 then every survivor raises :class:`~curvscope.distributed.comm.DistributedError` saying another
 rank probably died.
 
-Not covered yet: ``sketched_eigh``, ``power_iteration``, XTrace/XDiag and checkpoints refuse a
+Not covered yet: ``sketched_eigh``, XTrace/XDiag and checkpoints refuse a
 sharded operator (:func:`~curvscope.linalg.space.refuse_sharded`); the metrics in
 :mod:`curvscope.metrics` take whole vectors (gather them with :func:`gather_vectors`).
 """

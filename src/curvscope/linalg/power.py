@@ -25,8 +25,7 @@ from curvscope.linalg.eigsh import EigshResult
 from curvscope.linalg.lanczos import check_block_size, check_operator
 from curvscope.linalg.precision import WorkDtype, promote, resolve_tol, resolve_work_dtype
 from curvscope.linalg.products import check_product
-from curvscope.linalg.sampling import gaussian
-from curvscope.linalg.space import refuse_sharded
+from curvscope.linalg.space import LocalSpace, space_of
 from curvscope.operators.fingerprint import operator_fingerprint
 
 #: A checkpoint is written when a group of pairs finishes, and otherwise at most this often (seconds).
@@ -55,31 +54,37 @@ class _Pairs:
         self.V = self.last = None
 
 
-def _orthonormal(V: Tensor, found: Tensor | None) -> Tensor:
-    """``V`` deflated against ``found`` and orthonormalised (``b = 1``: normalised, as PyHessian)."""
+def _orthonormal(V: Tensor, found: Tensor | None, space: LocalSpace) -> Tensor:
+    """``V`` deflated against ``found`` and orthonormalised (``b = 1``: normalised, as PyHessian).
+
+    Sharded vectors take the space's Cholesky QR (reduced Gram matrix); its ``R`` has a positive
+    diagonal, the sign convention applied to the local Householder QR below.
+    """
     if found is not None:
-        V = V - found @ (found.T @ V)
+        V = V - found @ space.inner(found, V)
     if V.shape[1] == 1:
-        return V / V.norm()
+        return V / space.norm(V)
+    if space.sharded:
+        return space.orthonormalize(V)
     Q, R = torch.linalg.qr(V)
     return Q * torch.sign(torch.diagonal(R)).where(torch.diagonal(R) != 0, 1)
 
 
-def _iterate(A: Any, p: _Pairs, tol: float) -> bool:
+def _iterate(A: Any, p: _Pairs, tol: float, space: LocalSpace) -> bool:
     """One block product and Rayleigh–Ritz in its span; whether every residual meets ``tol · ‖A‖``.
 
     ``‖A‖`` is estimated by the largest ``|θ|`` seen (pairs already found included).
     """
     found = torch.cat(p.vecs, dim=1) if p.vecs else None
-    V = _orthonormal(p.V, found)
+    V = _orthonormal(p.V, found, space)
     W = check_product(V, A @ V, "power_iteration")
     p.matvecs += V.shape[1]
-    H = V.T @ W
+    H = space.inner(V, W)
     theta, S = torch.linalg.eigh(0.5 * (H + H.T))
     order = torch.argsort(theta.abs(), descending=True, stable=True)
     theta, S = theta[order], S[:, order]
     X, AX = V @ S, W @ S  # unit Ritz vectors and their products (A(VS) = (AV)S)
-    r = (AX - X * theta).norm(dim=0).to("cpu", torch.float64)
+    r = space.colnorms(AX - X * theta).to("cpu", torch.float64)
     theta64 = theta.to("cpu", torch.float64)
     p.last, p.V = (theta64, X, r), AX
     anorm = max([float(theta64.abs().max())] + [float(v.abs().max()) for v in p.vals])
@@ -110,7 +115,7 @@ def _load(checkpoint, config: dict, gen: torch.Generator, fingerprint: dict | No
     return p
 
 
-def _result(p: _Pairs, k: int, b: int, tol: float, tol_reason: str, D: int, dtype, device, exhausted: bool,
+def _result(p: _Pairs, k: int, b: int, tol: float, tol_reason: str, d: int, dtype, device, exhausted: bool,
             interrupted: bool, t0: float) -> EigshResult:  # fmt: skip
     lam = torch.cat(p.vals) if p.vals else torch.zeros(0, dtype=torch.float64)
     res = torch.cat(p.res) if p.res else torch.zeros(0, dtype=torch.float64)
@@ -126,11 +131,11 @@ def _result(p: _Pairs, k: int, b: int, tol: float, tol_reason: str, D: int, dtyp
             Status.MAX_MATVECS,
             f"{n} of {k} pairs returned, {nconv} within tol: raise num_matvecs or use eigsh",
         )
-    vecs = torch.cat(p.vecs, dim=1) if p.vecs else torch.zeros(D, 0, dtype=dtype, device=device)
+    vecs = torch.cat(p.vecs, dim=1) if p.vecs else torch.zeros(d, 0, dtype=dtype, device=device)
     return EigshResult(
         eigenvalues=lam, eigenvectors=vecs,
         residuals=res, converged=conv, anorm=anorm, tol=tol, which="LM", num_matvecs=p.matvecs, num_restarts=0,
-        basis_nbytes=(k + 2 * b) * D * torch.empty((), dtype=dtype).element_size(),
+        basis_nbytes=(k + 2 * b) * d * torch.empty((), dtype=dtype).element_size(),
         wall_time=time.perf_counter() - t0, status=status, message=f"power iteration: {msg} in {p.matvecs} products",
         residual_kind="true", tol_reason=tol_reason,
     )  # fmt: skip
@@ -186,12 +191,14 @@ def power_iteration(
         10.0
     """
     t0 = time.perf_counter()
-    refuse_sharded(A, "power_iteration")
     D, op_dtype, device = check_operator(A)
+    space = space_of(A)  # sharded (FSDP) operators: each rank iterates on its rows, reductions are global
+    if space.sharded and checkpoint is not None:
+        raise ValueError("power_iteration checkpoints hold whole vectors: run a sharded operator without checkpoint")
     if not 1 <= k <= D:
         raise ValueError(f"k must be between 1 and {D}, got {k}")
     b = min(k, check_block_size(block_size) or k)
-    dtype = resolve_work_dtype(work_dtype, op_dtype, D, k + 2 * b, "device", device, "power_iteration")
+    dtype = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, k + 2 * b, "device", device, "power_iteration")
     tol, tol_reason = resolve_tol(tol, A, op_dtype, dtype, "power_iteration")
     gen = make_generator(seed)
     fingerprint = None if checkpoint is None else operator_fingerprint(A)
@@ -205,12 +212,12 @@ def power_iteration(
     try:
         while p.found < k and not exhausted:
             if p.V is None:
-                p.V = gaussian(D, min(b, k - p.found), gen, dtype, device)
+                p.V = space.gaussian(min(b, k - p.found), gen, dtype, device)
             while True:
                 if p.matvecs + p.V.shape[1] > num_matvecs:
                     exhausted = True
                     break
-                done = _iterate(A, p, tol)
+                done = _iterate(A, p, tol, space)
                 bar.update(p.V.shape[1])
                 if done:
                     break
@@ -226,4 +233,4 @@ def power_iteration(
         p.finish_group()
     finally:
         bar.close()
-    return _result(p, k, b, tol, tol_reason, D, dtype, device, exhausted, interrupted, t0)
+    return _result(p, k, b, tol, tol_reason, space.local_dim, dtype, device, exhausted, interrupted, t0)

@@ -159,6 +159,6 @@ def refuse_sharded(A: Any, what: str) -> None:
     if space_of(A).sharded:
         raise ValueError(
             f"{what} does not support a sharded operator yet (its vectors are split over ranks): use eigsh "
-            f"(top/bottom eigenpairs), spectral_density(method='slq' or 'kpm') or trace(method='hutchinson' or "
-            f"'hutch++'), which run on sharded vectors"
+            f"(top/bottom eigenpairs), power_iteration, spectral_density(method='slq' or 'kpm') or "
+            f"trace(method='hutchinson' or 'hutch++'), which run on sharded vectors"
         )
