@@ -8,7 +8,8 @@ records the wall time of each, the Krylov basis bytes, and the peak resident mem
 above the process's footprint before the model was built. JSON in ``benchmarks/results/sharded/``
 (one file per W and method), then a table.
 
-The defaults are the issue's (~25M parameters, top-5, SLQ 4x40); on a shared 2-core CPU pass
+The defaults are the issue's (~25M parameters, top-5, SLQ 4x40, probes one block at a time so the
+ranks of one machine fit its memory together); on a shared 2-core CPU pass
 smaller ``--width/--layers`` and budgets. Every rank runs the same algorithm; the ranks share the
 machine's cores, so on CPU the wall time measures the extra communication and replicated work,
 not a speed-up.
@@ -78,8 +79,10 @@ def worker(args) -> None:
     out["fd_error_first"] = A.fd_error
     out["fd_error_top"] = A.check_fd_error(top.eigenvectors[:, :1])  # along the top eigenvector: the worst case
     t0 = time.perf_counter()
-    dens = spectral_density(A, "slq", num_probes=args.probes, num_steps=args.steps, seed=0)
-    out["slq"] = {"wall_s": time.perf_counter() - t0, "matvecs": dens.num_matvecs,
+    # probes in blocks of --slq-block: the SLQ basis is block · (steps + 1) vectors of D/W numbers per rank,
+    # and all ranks of this one machine share its memory (4 x 41 float32 vectors of 25M = 16.6 GB)
+    dens = spectral_density(A, "slq", num_probes=args.probes, num_steps=args.steps, seed=0, block_size=args.slq_block)
+    out["slq"] = {"wall_s": time.perf_counter() - t0, "matvecs": dens.num_matvecs, "block_size": args.slq_block,
                   "top_node": float(dens.nodes.max())}  # fmt: skip
     out["peak_rss_above_start"] = rss_bytes() - base
     (Path(args.outdir) / f"rank{args.rank}.json").write_text(json.dumps(out))
@@ -98,7 +101,7 @@ def launch(args, world: int, method: str) -> list[dict]:
         port = str(free_port())
         common = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                   if k in ("width", "layers", "heads", "seq", "batch", "batches", "k", "eig_matvecs", "probes",
-                           "steps", "threads", "timeout", "dtype")]  # fmt: skip
+                           "steps", "threads", "timeout", "dtype", "slq_block")]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         procs = [subprocess.Popen([sys.executable, __file__, "--worker", f"--rank={r}", f"--world-size={world}",
                                    f"--port={port}", f"--outdir={outdir}", f"--method={method}", *common], env=env)
@@ -135,6 +138,7 @@ def main() -> None:
     p.add_argument("--eig-matvecs", type=int, default=300)
     p.add_argument("--probes", type=int, default=4)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--slq-block", type=int, default=1, help="SLQ probes per block (memory: block x (steps+1) x D/W)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--timeout", type=float, default=1800.0)
