@@ -111,8 +111,11 @@ def line(run: RunDir, ctx: Context, s: Any, model, data, curv, fitted: dict) -> 
     return run.step("interpolation", compute)
 
 
-def line_claims(run: RunDir, line: dict) -> None:
-    """No barrier and a monotone loss between θ_LB and θ_SB, and the small-batch end is flatter."""
+def line_claims(run: RunDir, line: dict, edge: float) -> None:
+    """No barrier and a monotone loss between θ_LB and θ_SB, and the small-batch end is flatter.
+
+    ``edge``: GD's stability edge 2(1 + β)/η, reported beside λ_max(θ_LB) (GD cannot settle sharper).
+    """
     a, lam = line["lambda_alpha"].tolist(), line["lambda_max"].tolist()
     lam_lb, lam_sb = lam[a.index(0.0)], lam[a.index(1.0)]
     status = line.get("lambda_status") or ["unverified"] * len(a)
@@ -147,7 +150,7 @@ def line_claims(run: RunDir, line: dict) -> None:
         Claim(
             "small_batch_flatter",
             "the small-batch solution is flatter than the large-batch one",
-            {"λ_max(θ_LB)": round(lam_lb, 4), "λ_max(θ_SB)": round(lam_sb, 4)},
+            {"λ_max(θ_LB)": round(lam_lb, 4), "λ_max(θ_SB)": round(lam_sb, 4), "GD edge 2(1+β)/η": round(edge, 4)},
             "λ_max(θ_SB) < λ_max(θ_LB)",
             lam_sb < lam_lb,
             SRC,
