@@ -376,6 +376,8 @@ def run_sagun2017(run: RunDir, ctx: Context) -> None:
     run.metric("train_loss", fitted["loss"])
     run.metric("train_accuracy", fitted["accuracy"])
     _split_claims(run, _split(run, ctx, s, model, curv, fitted))
+    lb, sb = (torch.cat([v.flatten().double() for v in parts.state(fitted, p, model).values()]) for p in ("lb", "sb"))
+    run.metric("distance_lb_sb", {"‖θ_SB − θ_LB‖": _r(float((sb - lb).norm())), "‖θ_LB‖": _r(float(lb.norm()))})
     edge = 2 * (1 + GD["momentum"]) / GD["lr"]
     parts.line_claims(run, parts.line(run, ctx, s, model, data, curv, fitted), edge)
     parts.line_figures(run)
