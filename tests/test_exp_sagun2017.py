@@ -1,9 +1,15 @@
 """sagun2017 at the quick scale: artefacts, the robust claims, resumption without recomputation."""
 
+import dataclasses
+
+import pytest
 import torch
 
+from curvscope.data import FASHION_MNIST_DIR
+from curvscope.experiments import sagun2017
+from curvscope.experiments.registry import Context
 from curvscope.experiments.run import RunDir
-from curvscope.experiments.sagun2017 import QUICK, RECIPE
+from curvscope.experiments.sagun2017 import FULL, QUICK, RECIPE
 from exp_harness import PASS, REPORTED, check_claims, check_figures_and_report, check_resume, quick_run_fixture
 
 # (kind, verdict) of every claim at the quick scale on seed 0, the seed these tests run; every one is
@@ -52,3 +58,30 @@ def test_figures_and_report(quick_run):
 
 def test_resume_does_not_recompute(quick_run):
     check_resume(RECIPE, quick_run)
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_full_scale_path_on_a_small_fashion_mnist_subset(tmp_path, monkeypatch):
+    """The full scale's code path (image data, float32 training, float64 curvature on a class-balanced
+    subset, line loss on the whole training set in eval batches) with tiny sizes; then a resume."""
+    tiny = dataclasses.replace(
+        FULL, gd_steps=12, early_step=4, sb_epochs=0.05, line_points=5, lambda_every=2, slq_probes=2,
+        slq_steps=12, widths=(8, 8), train_samples=400, curvature_samples=100, eval_batch=150,
+    )  # fmt: skip
+    monkeypatch.setattr(sagun2017, "FULL", tiny)
+    ctx = Context(scale="full", seed=0, device=torch.device("cpu"), progress=False)
+    run = RunDir(tmp_path, {"experiment": "sagun2017", "scale": "full", "seed": 0, "device": "cpu"})
+    RECIPE.run(run, ctx)
+    run.finish()
+    setup = run.results["metrics"]["setup"]
+    assert setup["dataset"] == "fashion-mnist" and setup["in_features"] == 784
+    assert setup["train_samples"] == 400 and setup["curvature_class_counts"] == [10] * 10
+    assert setup["num_params"] == 784 * 8 + 8 + 8 * 8 + 8 + 8 * 10 + 10
+    assert {c["name"] for c in run.results["claims"]} == set(EXPECTED)
+    line = run.arrays("interpolation")
+    assert line["alpha"].shape == (5,) and torch.isfinite(line["loss"]).all()
+    assert line["lambda_max"].dtype == torch.float64 and {0.0, 1.0} <= set(line["lambda_alpha"].tolist())
+    before = {k: v["seconds"] for k, v in run.results["steps"].items()}
+    again = RunDir(tmp_path, {"experiment": "sagun2017", "scale": "full", "seed": 0, "device": "cpu"})
+    RECIPE.run(again, ctx)  # resumed: every step comes from the directory
+    assert {k: v["seconds"] for k, v in again.results["steps"].items()} == before
