@@ -31,6 +31,7 @@ N = 2000, widths up to 128, exact checks up to D = 3000, more SLQ probes.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import torch
@@ -52,9 +53,11 @@ from curvscope.experiments.sagun2016_nets import (
     TOP_WIDTH,
     W_MAIN,
     WHEN,
+    FullSettings,
     Settings,
     bulk_share,
     dense_eigenvalues,
+    fit_image_net,
     fit_net,
     gap_position,
     hessian_of,
@@ -72,22 +75,36 @@ QUICK = Settings(
     slq_steps=150,
     exact_max_dim=1000,
 )
-FULL = Settings(
-    num_samples=2000,
-    epochs=10,
-    ce_classes=(3, 5, 8, 10, 12, 15),
-    mse_classes=(8, 10, 12, 15),
-    widths=(16, 32, 64, 128),
-    slq_probes=16,
-    slq_steps=200,
-    exact_max_dim=3000,
+FULL = FullSettings(
+    image_size=7,
+    train_subset=None,
+    epochs=5,
+    hessian_per_class=1000,
+    main_width=32,
+    classes=(2, 4, 6, 8, 10),
+    widths=(8, 16, 24, 32),
+    gmm=Settings(
+        num_samples=2000,
+        epochs=10,
+        ce_classes=(3, 5, 8, 10, 12, 15),
+        mse_classes=(8, 10, 12, 15),
+        widths=(),
+        slq_probes=0,
+        slq_steps=0,
+        exact_max_dim=0,
+    ),
 )
+#: Batch of the curvature data loop at the full scale (bounds the memory of a 256-column HVP block).
+CURV_BATCH = 1000
 
 
 # ---------------------------------------------------------------- spectra at init and end
-def _spectra(run: RunDir, ctx: Context, s: Settings) -> None:
+def _spectra(run: RunDir, ctx: Context, s: Settings | FullSettings) -> None:
     """Exact spectra of the CE net (C = 10, w = 32) at initialisation and after training."""
-    model, data, _, fitted = fit_net(run, ctx, s, "cross_entropy", C_MAIN, W_MAIN)
+    if isinstance(s, FullSettings):
+        model, data, _, fitted = fit_image_net(run, ctx, s, C_MAIN, s.main_width)
+    else:
+        model, data, _, fitted = fit_net(run, ctx, s, "cross_entropy", C_MAIN, W_MAIN)
     specs = _exact_spectra(run, model, data, fitted)
     run.step("spectrum_density", lambda: _broadened_densities(specs))
     rows = {when: _spectrum_summary(lam) for when, lam in specs.items()}
@@ -102,7 +119,7 @@ def _exact_spectra(run: RunDir, model, data, fitted: dict) -> dict[str, torch.Te
     specs = {}
     for when in WHEN:
         load_weights(model, fitted, when)
-        H = hessian_of(model, data, "cross_entropy")
+        H = hessian_of(model, data, "cross_entropy", CURV_BATCH)
 
         def exact(H=H) -> dict:
             return {"eigenvalues": dense_eigenvalues(H).contiguous(), "dim": int(H.shape[0]), "status": "exact"}
@@ -469,9 +486,224 @@ def _width_figures(run: RunDir, s: Settings, rows: list[dict], dens: dict[str, i
     )
 
 
+# ---------------------------------------------------------------- full scale: images
+def _image_spectrum(run: RunDir, ctx: Context, s: FullSettings, num_classes: int, width: int) -> dict:
+    """Dense spectrum after training of the image net ``(C, w)`` with its gap, bulk share and loss.
+
+    The main net (C = 10, w = ``main_width``) reuses the spectra section's ``spectrum_final`` step.
+    """
+    model, curv, tag, fitted = fit_image_net(run, ctx, s, num_classes, width)
+    main = (num_classes, width) == (C_MAIN, s.main_width)
+    H = hessian_of(model, curv, "cross_entropy", CURV_BATCH)
+    lam = run.step("spectrum_final" if main else f"exact_{tag}", lambda: {"eigenvalues": dense_eigenvalues(H)})
+    lam = lam["eigenvalues"]
+    k, ratio = gap_position(lam)
+    return {
+        "C": num_classes,
+        "width": width,
+        "D": lam.numel(),
+        "gap_at": k,
+        "ratio": round(ratio, 2),
+        "bulk_exact": round(bulk_share(lam), 4),
+        "top_mean": round(lam[: num_classes - 1].mean().item(), 5),
+        "lambda_max": round(lam[0].item(), 5),
+        "loss": round(fitted["final_loss"], 4),
+        "accuracy": round(fitted["final_accuracy"], 4),
+        "num_train": fitted["num_train"],
+        "num_curv": fitted["num_curv"],
+        "in_features": fitted["in_features"],
+        "eigenvalues": lam,
+    }
+
+
+def _image_class_sweep(run: RunDir, ctx: Context, s: FullSettings) -> None:
+    """Gap position of the dense spectrum vs C: the first C classes of the image data, w = main width."""
+    rows = [_image_spectrum(run, ctx, s, C, s.main_width) for C in s.classes]
+    table = [{k: v for k, v in r.items() if k != "eigenvalues"} for r in rows]
+    run.metric("class_sweep_images", table)
+    run.claim(
+        Claim(
+            "gap_tracks_classes_images",
+            f"{ctx.image_data()} restricted to its first C classes (real data, not clusters), CE, MLP "
+            f"{rows[0]['in_features']}-{s.main_width}-{s.main_width}-C: argmax_(k≤30) λ_k/λ_(k+1) = C − 1 for every C "
+            "(dense spectrum after training)",
+            {f"C={r['C']}": f"{r['gap_at']} (ratio {r['ratio']}, train loss {r['loss']})" for r in rows},
+            f"gap_at = C − 1 for C in {list(s.classes)} (rule: the softmax Hessian has rank C − 1)",
+            all(r["gap_at"] == r["C"] - 1 for r in rows),
+            SRC,
+            kind="paper",
+            inputs={f"dense spectrum C={r['C']} (D = {r['D']}, N = {r['num_curv']})": "exact" for r in rows},
+            paper_value=SAGUN2016["classes"],
+        )
+    )
+    lo, hi = min(s.classes), max(s.classes)
+    run.figure(
+        Figure(
+            "gap_vs_classes_images",
+            f"position of the largest gap λ_k/λ_(k+1) (k ≤ 30) vs number of classes, {ctx.image_data()}",
+            "number of classes C",
+            "gap position k",
+            series=[
+                {"label": "y = C − 1", "x": [lo, hi], "y": [lo - 1, hi - 1]},
+                {
+                    "label": "measured gap",
+                    "x": [r["C"] for r in rows],
+                    "y": [r["gap_at"] for r in rows],
+                    "style": "scatter",
+                    "size": 40,
+                },
+            ],
+            caption=f"First C classes of {ctx.image_data()} ({s.image_size}×{s.image_size} pooled, all training images "
+            f"of those classes), MLP with two hidden layers of {s.main_width}, CE, {s.epochs} epochs; dense Hessian "
+            f"over {s.hessian_per_class} training images per class. Training losses: "
+            + ", ".join(f"C={r['C']}: {r['loss']}" for r in rows),
+        )
+    )
+    top = 30
+    run.figure(
+        Figure(
+            "top_eigenvalues_vs_classes_images",
+            f"top {top} eigenvalues after training for each number of classes (log scale), {ctx.image_data()}",
+            "rank k",
+            "λ_k",
+            series=[
+                {
+                    "label": f"C = {r['C']}",
+                    "x": list(range(1, top + 1)),
+                    "y": r["eigenvalues"][:top].clamp_min(1e-12).tolist(),
+                    "marker": "o",
+                }
+                for r in rows
+            ],
+            logy=True,
+            caption="Each curve should bend after k = C − 1 (the outliers) into the bulk.",
+        )
+    )
+
+
+def _image_width_sweep(run: RunDir, ctx: Context, s: FullSettings) -> None:
+    """Near-zero share of the dense spectrum vs width (C = 10, same data), and the outliers' stability."""
+    rows = [_image_spectrum(run, ctx, s, C_MAIN, w) for w in s.widths]
+    table = [{k: v for k, v in r.items() if k != "eigenvalues"} for r in rows]
+    run.metric("width_sweep_images", table)
+    fr = [r["bulk_exact"] for r in rows]
+    dense = {f"dense spectrum w={r['width']} (D = {r['D']}, N = {r['num_curv']})": "exact" for r in rows}
+    run.claim(
+        Claim(
+            "bulk_grows_with_width",
+            f"{ctx.image_data()}, CE, C = {C_MAIN}: the share of eigenvalues with |λ| < 1e-3·λ_max (exact, dense "
+            "float64 spectrum: round-off ≈ 1e-15·λ_max, so the share is resolved) grows with width",
+            {f"w={r['width']} (D={r['D']})": r["bulk_exact"] for r in rows},
+            "strictly increasing in width (direction stated by the paper)",
+            all(b > a for a, b in itertools.pairwise(fr)),
+            SRC,
+            kind="paper",
+            paper_value=SAGUN2016["bulk"],
+            inputs=dense,
+        )
+    )
+    run.claim(
+        Claim(
+            "outliers_set_by_data_not_width",
+            f"{ctx.image_data()}, CE, C = {C_MAIN}: the outliers depend on the data, not on the width: "
+            "the gap stays after C − 1 eigenvalues at every width",
+            {f"w={r['width']}": f"{r['gap_at']} (ratio {r['ratio']})" for r in rows},
+            f"gap_at = C − 1 = {C_MAIN - 1} at every width (rule: rank of the softmax Hessian)",
+            all(r["gap_at"] == C_MAIN - 1 for r in rows),
+            SRC,
+            kind="paper",
+            paper_value=SAGUN2016["edges"],
+            inputs=dense,
+        )
+    )
+    tops = [r["top_mean"] for r in rows]
+    run.claim(
+        Claim(
+            "top_eigenvalues_vs_width",
+            f"mean of the top C − 1 = {C_MAIN - 1} eigenvalues at each width",
+            {"top_mean": {f"w={r['width']}": r["top_mean"] for r in rows}, "max/min": round(max(tops) / min(tops), 3)},
+            "reported, not asserted (the paper gives no number for the outliers' size vs width)",
+            None,
+            SRC,
+            kind="paper",
+            inputs=dense,
+        )
+    )
+    specs = {f"w{r['width']}": r["eigenvalues"] for r in rows}
+    run.step("width_densities_images", lambda: _broadened_densities(specs))
+    run.step(
+        "width_table_images",
+        lambda: {k: torch.tensor([float(r[k]) for r in rows], dtype=F64) for k in ("width", "bulk_exact", "top_mean")},
+    )
+    ref = {k: array_ref("width_table_images", k) for k in ("width", "bulk_exact", "top_mean")}
+    run.figure(
+        Figure(
+            "bulk_fraction_vs_width",
+            f"bulk fraction (|λ| < 1e-3·λ_max) vs width, {ctx.image_data()}, CE, C = {C_MAIN} (dense spectra)",
+            "hidden width w",
+            "fraction of eigenvalues in the bulk",
+            series=[{"label": "exact (dense)", "x": ref["width"], "y": ref["bulk_exact"], "marker": "o"}],
+            caption="Same data, wider nets: D = " + ", ".join(str(r["D"]) for r in rows) + f"; dense Hessian over "
+            f"{rows[0]['num_curv']} training images (class-balanced).",
+        )
+    )
+    run.figure(
+        Figure(
+            "top_eigenvalues_vs_width",
+            f"mean of the top C − 1 eigenvalues vs width, {ctx.image_data()}, CE, C = {C_MAIN}",
+            "hidden width w",
+            "eigenvalue",
+            series=[{"label": f"mean of top {C_MAIN - 1}", "x": ref["width"], "y": ref["top_mean"], "marker": "o"}],
+            hlines=[{"y": 0.0}],
+        )
+    )
+    run.figure(
+        Figure(
+            "width_densities",
+            f"exact spectral densities vs width, {ctx.image_data()}, CE, C = {C_MAIN} (log scale)",
+            "eigenvalue λ",
+            "density (Gaussian-broadened, log scale)",
+            series=[
+                {
+                    "label": f"w = {r['width']} (D = {r['D']})",
+                    "x": array_ref("width_densities_images", "grid"),
+                    "y": array_ref("width_densities_images", f"w{r['width']}"),
+                }
+                for r in rows
+            ],
+            logy=True,
+            caption="Exact eigenvalues broadened by a Gaussian of σ = 0.4% of the common range; floor 1e-6·max.",
+        )
+    )
+
+
+def _run_full(run: RunDir, ctx: Context, s: FullSettings) -> None:
+    """Images: spectra, class sweep, width sweep (dense spectra); then the GMM cluster sweep."""
+    run.metric(
+        "settings",
+        {
+            **dataclasses.asdict(s),
+            "data": ctx.image_data(),
+            "lr": 0.05,
+            "momentum": 0.9,
+            "batch_size": 64,
+            "curvature_batch": CURV_BATCH,
+            "gmm_dim": DIM,
+            "gmm_spread": SPREAD,
+        },
+    )
+    _spectra(run, ctx, s)
+    _image_class_sweep(run, ctx, s)
+    _image_width_sweep(run, ctx, s)
+    _class_sweep(run, ctx, s.gmm)
+
+
 def run_sagun2016(run: RunDir, ctx: Context) -> None:
     """Spectra at init/end, class sweep, width sweep (see the module docstring)."""
-    s = QUICK if ctx.quick else FULL
+    if not ctx.quick:
+        _run_full(run, ctx, FULL)
+        return
+    s = QUICK
     run.metric("settings", {**s.__dict__, "dim": DIM, "spread": SPREAD, "lr": 0.05, "momentum": 0.9, "batch_size": 64})
     _spectra(run, ctx, s)
     _class_sweep(run, ctx, s)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from curvscope.data import batches, gaussian_mixture
+from curvscope.data import TensorData, batches, gaussian_mixture, load_dataset, standardize
 from curvscope.experiments import instruments as ins
 from curvscope.experiments.registry import Context
 from curvscope.experiments.run import RunDir
@@ -80,9 +80,9 @@ def load_weights(model, fitted: dict, which: str) -> None:
     model.load_state_dict({k: fitted[f"{which}.{k}"] for k in model.state_dict()})
 
 
-def hessian_of(model, data, loss: str) -> Hessian:
-    """The full-batch Hessian of ``loss`` over ``data``."""
-    return Hessian(model, get_loss(loss), batches(data))
+def hessian_of(model, data, loss: str, batch_size: int | None = None) -> Hessian:
+    """The full-batch Hessian of ``loss`` over ``data`` (summed over batches of ``batch_size``)."""
+    return Hessian(model, get_loss(loss), batches(data, batch_size))
 
 
 def dense_eigenvalues(H: Hessian) -> torch.Tensor:
@@ -99,3 +99,90 @@ def gap_position(eigenvalues: torch.Tensor) -> tuple[int, float]:
     """Gap position ``argmax_{k≤30} λ_k/λ_{k+1}`` and its ratio (split_spectrum with no minimum gap)."""
     sp = split_spectrum(eigenvalues, max_outliers=GAP_K, min_gap=1.0)
     return int(sp.num_outliers_gap), float(sp.gap_ratio)
+
+
+# ---------------------------------------------------------------- full scale: real images
+@dataclass(frozen=True)
+class FullSettings:
+    """The full scale: Fashion-MNIST (or ``--data``) downsampled, MLPs small enough for dense spectra.
+
+    ``image_size``: images are average-pooled to ``size × size`` and flattened (7 → 49 inputs, so
+    the 49-32-32-10 net has D = 2986 and its dense Hessian fits eigvalsh); data with more channels is
+    pooled further to keep about ``image_size²`` inputs. ``train_subset``: ``None`` trains on the
+    whole train split (60k); a number takes a class-balanced subset (tests only).
+    ``hessian_per_class``: the dense Hessian is taken over a class-balanced subset of the training
+    set with this many images per class (its cost grows linearly with N). ``gmm``: the synthetic
+    cluster sweep (the paper's own kind of data for the class experiment), as at the quick scale.
+    """
+
+    image_size: int
+    train_subset: int | None
+    epochs: float
+    hessian_per_class: int
+    main_width: int
+    classes: tuple[int, ...]
+    widths: tuple[int, ...]
+    gmm: Settings
+
+
+def _pooled(name: str, size: int, limit: int | None, seed: int) -> TensorData:
+    """The train split pooled to about ``size²`` inputs per image, flattened (float64)."""
+    data = load_dataset(name, split="train", size=size, subset=limit, seed=seed, dtype=F64)
+    channels = data.x.shape[1] if data.x.ndim == 4 else 1
+    if channels > 1:  # e.g. CIFAR: 3 × s² inputs; pool further so the net stays dense-sized
+        small = max(2, round((size * size / channels) ** 0.5))
+        data = load_dataset(name, split="train", size=small, subset=limit, seed=seed, dtype=F64)
+    return data.flat()
+
+
+def image_data(ctx: Context, s: FullSettings, num_classes: int) -> tuple[TensorData, TensorData]:
+    """``(training set, curvature subset)`` of the first ``num_classes`` classes of ``ctx.image_data()``.
+
+    The curvature subset is class-balanced: ``hessian_per_class`` images of each class (seeded),
+    drawn from the training set itself (the Hessian is the training loss's).
+    """
+    data = _pooled(ctx.image_data(), s.image_size, s.train_subset, ctx.seed)
+    if num_classes < data.num_classes:
+        data = data.subset(torch.nonzero(data.y < num_classes).squeeze(1)).replace(num_classes=num_classes)
+    data, _ = standardize(data)  # statistics of the training images of these classes
+    gen = torch.Generator().manual_seed(ctx.seed)
+    picks = []
+    for c in range(num_classes):
+        idx = torch.nonzero(data.y == c).squeeze(1)
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[: s.hessian_per_class]])
+    curv = data.subset(torch.cat(picks).sort().values)
+    return data.to(device=ctx.device), curv.to(device=ctx.device)
+
+
+def fit_image_net(run: RunDir, ctx: Context, s: FullSettings, num_classes: int, width: int):
+    """Train the CE MLP ``in-w-w-C`` on the image data (resumable step).
+
+    Returns:
+        ``(model, curvature subset, tag, fitted)`` as :func:`fit_net` (``fitted`` also holds the
+        loss on the curvature subset, ``curv_loss``, and the sizes ``num_train`` / ``num_curv``).
+    """
+    tag = f"img_ce_C{num_classes}_w{width}"
+    data, curv = image_data(ctx, s, num_classes)
+    model = build_model(
+        "mlp", in_features=data.x.shape[1], widths=(width, width), num_classes=num_classes, seed=ctx.seed, dtype=F64
+    ).to(ctx.device)
+    config = TrainConfig(
+        lr=0.05, momentum=0.9, batch_size=64, epochs=s.epochs, seed=ctx.seed, loss="cross_entropy", snapshot_steps=(0,)
+    )
+    loss_fn = get_loss("cross_entropy")
+
+    def fit() -> dict:
+        hist = train(model, data, config, progress=ctx.progress)
+        out = {f"init.{k}": v.detach().cpu() for k, v in hist.snapshots[0].load_state().items()}
+        out.update({f"final.{k}": v.detach().cpu() for k, v in hist.final.load_state().items()})
+        out["batch_loss"] = torch.tensor(hist.batch_loss, dtype=F64)
+        out.update(init_loss=hist.snapshots[0].metrics["loss"], final_loss=hist.final.metrics["loss"])
+        out["final_accuracy"] = hist.final.metrics["accuracy"]
+        with torch.no_grad():
+            out["curv_loss"] = float(loss_fn(model(curv.x), curv.y))
+        out.update(num_train=len(data), num_curv=len(curv), in_features=int(data.x.shape[1]))
+        return out
+
+    fitted = run.step(f"train_{tag}", fit)
+    load_weights(model, fitted, "final")
+    return model, curv, tag, fitted
