@@ -6,6 +6,7 @@ and width sweep) so that module stays readable; everything here is re-exported t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -125,8 +126,9 @@ class FullSettings:
     gmm: Settings
 
 
+@functools.lru_cache(maxsize=2)
 def _pooled(name: str, size: int, limit: int | None, seed: int) -> TensorData:
-    """The train split pooled to about ``size²`` inputs per image, flattened (float64)."""
+    """The train split pooled to about ``size²`` inputs per image, flattened (float64; cached: read-only)."""
     data = load_dataset(name, split="train", size=size, subset=limit, seed=seed, dtype=F64)
     channels = data.x.shape[1] if data.x.ndim == 4 else 1
     if channels > 1:  # e.g. CIFAR: 3 × s² inputs; pool further so the net stays dense-sized
