@@ -25,8 +25,21 @@ the bulk fraction (share of ``|λ| < 10⁻³ λ_max``) by SLQ at every width (qu
 the Ritz nodes inside the interval; 4 probes × 150 steps were within 0.01 of the exact fraction
 where it was checked), the exact one beside it where ``D ≤ exact_max_dim``, and the top 10 by eigsh.
 
-Quick: N = 500 (the exact bulk fractions at N = 500 and 2000 agree to 0.01), 10 epochs. Full:
-N = 2000, widths up to 128, exact checks up to D = 3000, more SLQ probes.
+Quick: N = 500 (the exact bulk fractions at N = 500 and 2000 agree to 0.01), 10 epochs.
+
+Full (``FULL``; ≈ 10 CPU-minutes on one core): real images. ``ctx.image_data()`` (Fashion-MNIST
+unless ``--data``), average-pooled to 7×7 and flattened (49 inputs: the 49-32-32-10 net has
+D = 2986, so every spectrum is dense and exact), standardised, CE, SGD lr 0.05, momentum 0.9,
+batch 64, 5 epochs over all training images (60k for C = 10). 5 epochs: the C = 10 loss is ≈ 0.38,
+far from saturation (a saturated fit loses the gap); the 2-class problem saturates (loss ≈ 0.03)
+at any length past one epoch, which the class sweep reports. The dense Hessian is the training
+loss's over a class-balanced subset of 1000 training images per class (N = 10000 at C = 10:
+≈ 110 s per spectrum on one core, linear in N; the rank bound N(C − 1) ≫ D, so the subset does
+not make the spectrum singular). Measured: the spectra at initialisation and after training
+(C = 10, w = 32); the gap position for the first C = 2, 4, 6, 8, 10 classes (real data in place
+of clusters); the near-zero share and the gap position for widths 8, 16, 24, 32 (D = 562 …
+2986, C = 10, same data); then the paper's synthetic-cluster sweep on the GMM (N = 2000, C up
+to 15, top 31 by certified Lanczos), CE and MSE as at the quick scale.
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
 from curvscope.experiments.sagun2016_nets import (
     BULK_REL,
     C_MAIN,
+    CURV_BATCH,
     DIM,
     F64,
     GAP_K,
@@ -55,12 +69,15 @@ from curvscope.experiments.sagun2016_nets import (
     WHEN,
     FullSettings,
     Settings,
+    broadened_densities,
     bulk_share,
     dense_eigenvalues,
     fit_image_net,
     fit_net,
     gap_position,
     hessian_of,
+    image_class_sweep,
+    image_width_sweep,
     load_weights,
 )
 from curvscope.metrics import split_spectrum
@@ -94,8 +111,6 @@ FULL = FullSettings(
         exact_max_dim=0,
     ),
 )
-#: Batch of the curvature data loop at the full scale (bounds the memory of a 256-column HVP block).
-CURV_BATCH = 1000
 
 
 # ---------------------------------------------------------------- spectra at init and end
@@ -106,7 +121,7 @@ def _spectra(run: RunDir, ctx: Context, s: Settings | FullSettings) -> None:
     else:
         model, data, _, fitted = fit_net(run, ctx, s, "cross_entropy", C_MAIN, W_MAIN)
     specs = _exact_spectra(run, model, data, fitted)
-    run.step("spectrum_density", lambda: _broadened_densities(specs))
+    run.step("spectrum_density", lambda: broadened_densities(specs))
     rows = {when: _spectrum_summary(lam) for when, lam in specs.items()}
     run.metric("spectra_ce_C10", rows)
     run.metric("spectra_train_loss", {"init": fitted["init_loss"], "final": fitted["final_loss"]})
@@ -126,21 +141,6 @@ def _exact_spectra(run: RunDir, model, data, fitted: dict) -> dict[str, torch.Te
 
         specs[when] = run.step(f"spectrum_{when}", exact)["eigenvalues"]
     return specs
-
-
-def _broadened_densities(specs: dict[str, torch.Tensor]) -> dict:
-    """Gaussian-broadened densities of the exact spectra on one grid (for the log-y plot)."""
-    both = torch.cat(list(specs.values()))
-    lo, hi = both.min().item(), both.max().item()
-    pad = 0.05 * (hi - lo)
-    grid = torch.linspace(lo - pad, hi + pad, 1200, dtype=F64)
-    sigma = 0.004 * (hi - lo)
-    out = {"grid": grid}
-    for when, lam in specs.items():
-        z = (grid[:, None] - lam[None, :]) / sigma
-        pdf = torch.exp(-0.5 * z**2).sum(1) / (lam.numel() * sigma * (2 * torch.pi) ** 0.5)
-        out[when] = pdf.clamp_min(1e-6 * pdf.max())  # floor: keeps the log axis readable
-    return out
 
 
 def _spectrum_summary(lam: torch.Tensor) -> dict:
@@ -486,197 +486,6 @@ def _width_figures(run: RunDir, s: Settings, rows: list[dict], dens: dict[str, i
     )
 
 
-# ---------------------------------------------------------------- full scale: images
-def _image_spectrum(run: RunDir, ctx: Context, s: FullSettings, num_classes: int, width: int) -> dict:
-    """Dense spectrum after training of the image net ``(C, w)`` with its gap, bulk share and loss.
-
-    The main net (C = 10, w = ``main_width``) reuses the spectra section's ``spectrum_final`` step.
-    """
-    model, curv, tag, fitted = fit_image_net(run, ctx, s, num_classes, width)
-    main = (num_classes, width) == (C_MAIN, s.main_width)
-    H = hessian_of(model, curv, "cross_entropy", CURV_BATCH)
-    lam = run.step("spectrum_final" if main else f"exact_{tag}", lambda: {"eigenvalues": dense_eigenvalues(H)})
-    lam = lam["eigenvalues"]
-    k, ratio = gap_position(lam)
-    return {
-        "C": num_classes,
-        "width": width,
-        "D": lam.numel(),
-        "gap_at": k,
-        "ratio": round(ratio, 2),
-        "bulk_exact": round(bulk_share(lam), 4),
-        "top_mean": round(lam[: num_classes - 1].mean().item(), 5),
-        "lambda_max": round(lam[0].item(), 5),
-        "loss": round(fitted["final_loss"], 4),
-        "accuracy": round(fitted["final_accuracy"], 4),
-        "num_train": fitted["num_train"],
-        "num_curv": fitted["num_curv"],
-        "in_features": fitted["in_features"],
-        "eigenvalues": lam,
-    }
-
-
-def _image_class_sweep(run: RunDir, ctx: Context, s: FullSettings) -> None:
-    """Gap position of the dense spectrum vs C: the first C classes of the image data, w = main width."""
-    rows = [_image_spectrum(run, ctx, s, C, s.main_width) for C in s.classes]
-    table = [{k: v for k, v in r.items() if k != "eigenvalues"} for r in rows]
-    run.metric("class_sweep_images", table)
-    run.claim(
-        Claim(
-            "gap_tracks_classes_images",
-            f"{ctx.image_data()} restricted to its first C classes (real data, not clusters), CE, MLP "
-            f"{rows[0]['in_features']}-{s.main_width}-{s.main_width}-C: argmax_(k≤30) λ_k/λ_(k+1) = C − 1 for every C "
-            "(dense spectrum after training)",
-            {f"C={r['C']}": f"{r['gap_at']} (ratio {r['ratio']}, train loss {r['loss']})" for r in rows},
-            f"gap_at = C − 1 for C in {list(s.classes)} (rule: the softmax Hessian has rank C − 1)",
-            all(r["gap_at"] == r["C"] - 1 for r in rows),
-            SRC,
-            kind="paper",
-            inputs={f"dense spectrum C={r['C']} (D = {r['D']}, N = {r['num_curv']})": "exact" for r in rows},
-            paper_value=SAGUN2016["classes"],
-        )
-    )
-    lo, hi = min(s.classes), max(s.classes)
-    run.figure(
-        Figure(
-            "gap_vs_classes_images",
-            f"position of the largest gap λ_k/λ_(k+1) (k ≤ 30) vs number of classes, {ctx.image_data()}",
-            "number of classes C",
-            "gap position k",
-            series=[
-                {"label": "y = C − 1", "x": [lo, hi], "y": [lo - 1, hi - 1]},
-                {
-                    "label": "measured gap",
-                    "x": [r["C"] for r in rows],
-                    "y": [r["gap_at"] for r in rows],
-                    "style": "scatter",
-                    "size": 40,
-                },
-            ],
-            caption=f"First C classes of {ctx.image_data()} ({s.image_size}×{s.image_size} pooled, all training images "
-            f"of those classes), MLP with two hidden layers of {s.main_width}, CE, {s.epochs} epochs; dense Hessian "
-            f"over {s.hessian_per_class} training images per class. Training losses: "
-            + ", ".join(f"C={r['C']}: {r['loss']}" for r in rows),
-        )
-    )
-    top = 30
-    run.figure(
-        Figure(
-            "top_eigenvalues_vs_classes_images",
-            f"top {top} eigenvalues after training for each number of classes (log scale), {ctx.image_data()}",
-            "rank k",
-            "λ_k",
-            series=[
-                {
-                    "label": f"C = {r['C']}",
-                    "x": list(range(1, top + 1)),
-                    "y": r["eigenvalues"][:top].clamp_min(1e-12).tolist(),
-                    "marker": "o",
-                }
-                for r in rows
-            ],
-            logy=True,
-            caption="Each curve should bend after k = C − 1 (the outliers) into the bulk.",
-        )
-    )
-
-
-def _image_width_sweep(run: RunDir, ctx: Context, s: FullSettings) -> None:
-    """Near-zero share of the dense spectrum vs width (C = 10, same data), and the outliers' stability."""
-    rows = [_image_spectrum(run, ctx, s, C_MAIN, w) for w in s.widths]
-    table = [{k: v for k, v in r.items() if k != "eigenvalues"} for r in rows]
-    run.metric("width_sweep_images", table)
-    fr = [r["bulk_exact"] for r in rows]
-    dense = {f"dense spectrum w={r['width']} (D = {r['D']}, N = {r['num_curv']})": "exact" for r in rows}
-    run.claim(
-        Claim(
-            "bulk_grows_with_width",
-            f"{ctx.image_data()}, CE, C = {C_MAIN}: the share of eigenvalues with |λ| < 1e-3·λ_max (exact, dense "
-            "float64 spectrum: round-off ≈ 1e-15·λ_max, so the share is resolved) grows with width",
-            {f"w={r['width']} (D={r['D']})": r["bulk_exact"] for r in rows},
-            "strictly increasing in width (direction stated by the paper)",
-            all(b > a for a, b in itertools.pairwise(fr)),
-            SRC,
-            kind="paper",
-            paper_value=SAGUN2016["bulk"],
-            inputs=dense,
-        )
-    )
-    run.claim(
-        Claim(
-            "outliers_set_by_data_not_width",
-            f"{ctx.image_data()}, CE, C = {C_MAIN}: the outliers depend on the data, not on the width: "
-            "the gap stays after C − 1 eigenvalues at every width",
-            {f"w={r['width']}": f"{r['gap_at']} (ratio {r['ratio']})" for r in rows},
-            f"gap_at = C − 1 = {C_MAIN - 1} at every width (rule: rank of the softmax Hessian)",
-            all(r["gap_at"] == C_MAIN - 1 for r in rows),
-            SRC,
-            kind="paper",
-            paper_value=SAGUN2016["edges"],
-            inputs=dense,
-        )
-    )
-    tops = [r["top_mean"] for r in rows]
-    run.claim(
-        Claim(
-            "top_eigenvalues_vs_width",
-            f"mean of the top C − 1 = {C_MAIN - 1} eigenvalues at each width",
-            {"top_mean": {f"w={r['width']}": r["top_mean"] for r in rows}, "max/min": round(max(tops) / min(tops), 3)},
-            "reported, not asserted (the paper gives no number for the outliers' size vs width)",
-            None,
-            SRC,
-            kind="paper",
-            inputs=dense,
-        )
-    )
-    specs = {f"w{r['width']}": r["eigenvalues"] for r in rows}
-    run.step("width_densities_images", lambda: _broadened_densities(specs))
-    run.step(
-        "width_table_images",
-        lambda: {k: torch.tensor([float(r[k]) for r in rows], dtype=F64) for k in ("width", "bulk_exact", "top_mean")},
-    )
-    ref = {k: array_ref("width_table_images", k) for k in ("width", "bulk_exact", "top_mean")}
-    run.figure(
-        Figure(
-            "bulk_fraction_vs_width",
-            f"bulk fraction (|λ| < 1e-3·λ_max) vs width, {ctx.image_data()}, CE, C = {C_MAIN} (dense spectra)",
-            "hidden width w",
-            "fraction of eigenvalues in the bulk",
-            series=[{"label": "exact (dense)", "x": ref["width"], "y": ref["bulk_exact"], "marker": "o"}],
-            caption="Same data, wider nets: D = " + ", ".join(str(r["D"]) for r in rows) + f"; dense Hessian over "
-            f"{rows[0]['num_curv']} training images (class-balanced).",
-        )
-    )
-    run.figure(
-        Figure(
-            "top_eigenvalues_vs_width",
-            f"mean of the top C − 1 eigenvalues vs width, {ctx.image_data()}, CE, C = {C_MAIN}",
-            "hidden width w",
-            "eigenvalue",
-            series=[{"label": f"mean of top {C_MAIN - 1}", "x": ref["width"], "y": ref["top_mean"], "marker": "o"}],
-            hlines=[{"y": 0.0}],
-        )
-    )
-    run.figure(
-        Figure(
-            "width_densities",
-            f"exact spectral densities vs width, {ctx.image_data()}, CE, C = {C_MAIN} (log scale)",
-            "eigenvalue λ",
-            "density (Gaussian-broadened, log scale)",
-            series=[
-                {
-                    "label": f"w = {r['width']} (D = {r['D']})",
-                    "x": array_ref("width_densities_images", "grid"),
-                    "y": array_ref("width_densities_images", f"w{r['width']}"),
-                }
-                for r in rows
-            ],
-            logy=True,
-            caption="Exact eigenvalues broadened by a Gaussian of σ = 0.4% of the common range; floor 1e-6·max.",
-        )
-    )
-
-
 def _run_full(run: RunDir, ctx: Context, s: FullSettings) -> None:
     """Images: spectra, class sweep, width sweep (dense spectra); then the GMM cluster sweep."""
     run.metric(
@@ -693,8 +502,8 @@ def _run_full(run: RunDir, ctx: Context, s: FullSettings) -> None:
         },
     )
     _spectra(run, ctx, s)
-    _image_class_sweep(run, ctx, s)
-    _image_width_sweep(run, ctx, s)
+    image_class_sweep(run, ctx, s)
+    image_width_sweep(run, ctx, s)
     _class_sweep(run, ctx, s.gmm)
 
 

@@ -1,20 +1,25 @@
-"""The pieces every part of the Sagun 2016 reproduction shares: constants, sizes, one trained net.
+"""Shared pieces of the Sagun 2016 reproduction, and the full scale's image sweeps.
 
-Kept apart from :mod:`curvscope.experiments.sagun2016` (which runs the spectra, class sweep
-and width sweep) so that module stays readable; everything here is re-exported there.
+Constants, sizes and one trained net (GMM or images), and the full scale's sweeps over the
+first C classes and over widths, on dense spectra.
+
+Kept apart from :mod:`curvscope.experiments.sagun2016` (which runs the spectra, the GMM class
+sweep and width sweep, and dispatches the scales) so that module stays readable.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import torch
 
 from curvscope.data import TensorData, batches, gaussian_mixture, load_dataset, standardize
 from curvscope.experiments import instruments as ins
+from curvscope.experiments.paper_values import SAGUN2016
 from curvscope.experiments.registry import Context
-from curvscope.experiments.run import RunDir
+from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
 from curvscope.metrics import split_spectrum
 from curvscope.models import build_model
 from curvscope.operators import Hessian
@@ -30,11 +35,13 @@ BULK_REL = 1e-3  # |λ| < BULK_REL · λ_max counts as bulk
 TOP_WIDTH = 10  # mean of the top 10 eigenvalues in the width sweep
 LOSS_TAG = {"cross_entropy": "ce", "mse": "mse"}
 WHEN = {"init": "initialisation", "final": "after training"}
+#: Batch of the curvature data loop at the full scale (bounds the memory of a 256-column HVP block).
+CURV_BATCH = 1000
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Scale-dependent sizes (quick: ≤ 90 s on one core; full: paper sizes, for a GPU)."""
+    """Sizes of the GMM experiments (the quick scale; the full scale's cluster sweep)."""
 
     num_samples: int
     epochs: float
@@ -100,6 +107,21 @@ def gap_position(eigenvalues: torch.Tensor) -> tuple[int, float]:
     """Gap position ``argmax_{k≤30} λ_k/λ_{k+1}`` and its ratio (split_spectrum with no minimum gap)."""
     sp = split_spectrum(eigenvalues, max_outliers=GAP_K, min_gap=1.0)
     return int(sp.num_outliers_gap), float(sp.gap_ratio)
+
+
+def broadened_densities(specs: dict[str, torch.Tensor]) -> dict:
+    """Gaussian-broadened densities of the exact spectra on one grid (for the log-y plot)."""
+    both = torch.cat(list(specs.values()))
+    lo, hi = both.min().item(), both.max().item()
+    pad = 0.05 * (hi - lo)
+    grid = torch.linspace(lo - pad, hi + pad, 1200, dtype=F64)
+    sigma = 0.004 * (hi - lo)
+    out = {"grid": grid}
+    for when, lam in specs.items():
+        z = (grid[:, None] - lam[None, :]) / sigma
+        pdf = torch.exp(-0.5 * z**2).sum(1) / (lam.numel() * sigma * (2 * torch.pi) ** 0.5)
+        out[when] = pdf.clamp_min(1e-6 * pdf.max())  # floor: keeps the log axis readable
+    return out
 
 
 # ---------------------------------------------------------------- full scale: real images
@@ -188,3 +210,194 @@ def fit_image_net(run: RunDir, ctx: Context, s: FullSettings, num_classes: int, 
     fitted = run.step(f"train_{tag}", fit)
     load_weights(model, fitted, "final")
     return model, curv, tag, fitted
+
+
+# ---------------------------------------------------------------- full scale: images
+def image_spectrum(run: RunDir, ctx: Context, s: FullSettings, num_classes: int, width: int) -> dict:
+    """Dense spectrum after training of the image net ``(C, w)`` with its gap, bulk share and loss.
+
+    The main net (C = 10, w = ``main_width``) reuses the spectra section's ``spectrum_final`` step.
+    """
+    model, curv, tag, fitted = fit_image_net(run, ctx, s, num_classes, width)
+    main = (num_classes, width) == (C_MAIN, s.main_width)
+    H = hessian_of(model, curv, "cross_entropy", CURV_BATCH)
+    lam = run.step("spectrum_final" if main else f"exact_{tag}", lambda: {"eigenvalues": dense_eigenvalues(H)})
+    lam = lam["eigenvalues"]
+    k, ratio = gap_position(lam)
+    return {
+        "C": num_classes,
+        "width": width,
+        "D": lam.numel(),
+        "gap_at": k,
+        "ratio": round(ratio, 2),
+        "bulk_exact": round(bulk_share(lam), 4),
+        "top_mean": round(lam[: num_classes - 1].mean().item(), 5),
+        "lambda_max": round(lam[0].item(), 5),
+        "loss": round(fitted["final_loss"], 4),
+        "accuracy": round(fitted["final_accuracy"], 4),
+        "num_train": fitted["num_train"],
+        "num_curv": fitted["num_curv"],
+        "in_features": fitted["in_features"],
+        "eigenvalues": lam,
+    }
+
+
+def image_class_sweep(run: RunDir, ctx: Context, s: FullSettings) -> None:
+    """Gap position of the dense spectrum vs C: the first C classes of the image data, w = main width."""
+    rows = [image_spectrum(run, ctx, s, C, s.main_width) for C in s.classes]
+    table = [{k: v for k, v in r.items() if k != "eigenvalues"} for r in rows]
+    run.metric("class_sweep_images", table)
+    run.claim(
+        Claim(
+            "gap_tracks_classes_images",
+            f"{ctx.image_data()} restricted to its first C classes (real data, not clusters), CE, MLP "
+            f"{rows[0]['in_features']}-{s.main_width}-{s.main_width}-C: argmax_(k≤30) λ_k/λ_(k+1) = C − 1 for every C "
+            "(dense spectrum after training)",
+            {f"C={r['C']}": f"{r['gap_at']} (ratio {r['ratio']}, train loss {r['loss']})" for r in rows},
+            f"gap_at = C − 1 for C in {list(s.classes)} (rule: the softmax Hessian has rank C − 1)",
+            all(r["gap_at"] == r["C"] - 1 for r in rows),
+            SRC,
+            kind="paper",
+            inputs={f"dense spectrum C={r['C']} (D = {r['D']}, N = {r['num_curv']})": "exact" for r in rows},
+            paper_value=SAGUN2016["classes"],
+        )
+    )
+    lo, hi = min(s.classes), max(s.classes)
+    run.figure(
+        Figure(
+            "gap_vs_classes_images",
+            f"position of the largest gap λ_k/λ_(k+1) (k ≤ 30) vs number of classes, {ctx.image_data()}",
+            "number of classes C",
+            "gap position k",
+            series=[
+                {"label": "y = C − 1", "x": [lo, hi], "y": [lo - 1, hi - 1]},
+                {
+                    "label": "measured gap",
+                    "x": [r["C"] for r in rows],
+                    "y": [r["gap_at"] for r in rows],
+                    "style": "scatter",
+                    "size": 40,
+                },
+            ],
+            caption=f"First C classes of {ctx.image_data()} ({s.image_size}×{s.image_size} pooled, all training images "
+            f"of those classes), MLP with two hidden layers of {s.main_width}, CE, {s.epochs} epochs; dense Hessian "
+            f"over {s.hessian_per_class} training images per class. Training losses: "
+            + ", ".join(f"C={r['C']}: {r['loss']}" for r in rows),
+        )
+    )
+    top = 30
+    run.figure(
+        Figure(
+            "top_eigenvalues_vs_classes_images",
+            f"top {top} eigenvalues after training for each number of classes (log scale), {ctx.image_data()}",
+            "rank k",
+            "λ_k",
+            series=[
+                {
+                    "label": f"C = {r['C']}",
+                    "x": list(range(1, top + 1)),
+                    "y": r["eigenvalues"][:top].clamp_min(1e-12).tolist(),
+                    "marker": "o",
+                }
+                for r in rows
+            ],
+            logy=True,
+            caption="Each curve should bend after k = C − 1 (the outliers) into the bulk.",
+        )
+    )
+
+
+def image_width_sweep(run: RunDir, ctx: Context, s: FullSettings) -> None:
+    """Near-zero share of the dense spectrum vs width (C = 10, same data), and the outliers' stability."""
+    rows = [image_spectrum(run, ctx, s, C_MAIN, w) for w in s.widths]
+    table = [{k: v for k, v in r.items() if k != "eigenvalues"} for r in rows]
+    run.metric("width_sweep_images", table)
+    fr = [r["bulk_exact"] for r in rows]
+    dense = {f"dense spectrum w={r['width']} (D = {r['D']}, N = {r['num_curv']})": "exact" for r in rows}
+    run.claim(
+        Claim(
+            "bulk_grows_with_width",
+            f"{ctx.image_data()}, CE, C = {C_MAIN}: the share of eigenvalues with |λ| < 1e-3·λ_max (exact, dense "
+            "float64 spectrum: round-off ≈ 1e-15·λ_max, so the share is resolved) grows with width",
+            {f"w={r['width']} (D={r['D']})": r["bulk_exact"] for r in rows},
+            "strictly increasing in width (direction stated by the paper)",
+            all(b > a for a, b in itertools.pairwise(fr)),
+            SRC,
+            kind="paper",
+            paper_value=SAGUN2016["bulk"],
+            inputs=dense,
+        )
+    )
+    run.claim(
+        Claim(
+            "outliers_set_by_data_not_width",
+            f"{ctx.image_data()}, CE, C = {C_MAIN}: the outliers depend on the data, not on the width: "
+            "the gap stays after C − 1 eigenvalues at every width",
+            {f"w={r['width']}": f"{r['gap_at']} (ratio {r['ratio']})" for r in rows},
+            f"gap_at = C − 1 = {C_MAIN - 1} at every width (rule: rank of the softmax Hessian)",
+            all(r["gap_at"] == C_MAIN - 1 for r in rows),
+            SRC,
+            kind="paper",
+            paper_value=SAGUN2016["edges"],
+            inputs=dense,
+        )
+    )
+    tops = [r["top_mean"] for r in rows]
+    run.claim(
+        Claim(
+            "top_eigenvalues_vs_width",
+            f"mean of the top C − 1 = {C_MAIN - 1} eigenvalues at each width",
+            {"top_mean": {f"w={r['width']}": r["top_mean"] for r in rows}, "max/min": round(max(tops) / min(tops), 3)},
+            "reported, not asserted (the paper gives no number for the outliers' size vs width)",
+            None,
+            SRC,
+            kind="paper",
+            inputs=dense,
+        )
+    )
+    specs = {f"w{r['width']}": r["eigenvalues"] for r in rows}
+    run.step("width_densities_images", lambda: broadened_densities(specs))
+    run.step(
+        "width_table_images",
+        lambda: {k: torch.tensor([float(r[k]) for r in rows], dtype=F64) for k in ("width", "bulk_exact", "top_mean")},
+    )
+    ref = {k: array_ref("width_table_images", k) for k in ("width", "bulk_exact", "top_mean")}
+    run.figure(
+        Figure(
+            "bulk_fraction_vs_width",
+            f"bulk fraction (|λ| < 1e-3·λ_max) vs width, {ctx.image_data()}, CE, C = {C_MAIN} (dense spectra)",
+            "hidden width w",
+            "fraction of eigenvalues in the bulk",
+            series=[{"label": "exact (dense)", "x": ref["width"], "y": ref["bulk_exact"], "marker": "o"}],
+            caption="Same data, wider nets: D = " + ", ".join(str(r["D"]) for r in rows) + f"; dense Hessian over "
+            f"{rows[0]['num_curv']} training images (class-balanced).",
+        )
+    )
+    run.figure(
+        Figure(
+            "top_eigenvalues_vs_width",
+            f"mean of the top C − 1 eigenvalues vs width, {ctx.image_data()}, CE, C = {C_MAIN}",
+            "hidden width w",
+            "eigenvalue",
+            series=[{"label": f"mean of top {C_MAIN - 1}", "x": ref["width"], "y": ref["top_mean"], "marker": "o"}],
+            hlines=[{"y": 0.0}],
+        )
+    )
+    run.figure(
+        Figure(
+            "width_densities",
+            f"exact spectral densities vs width, {ctx.image_data()}, CE, C = {C_MAIN} (log scale)",
+            "eigenvalue λ",
+            "density (Gaussian-broadened, log scale)",
+            series=[
+                {
+                    "label": f"w = {r['width']} (D = {r['D']})",
+                    "x": array_ref("width_densities_images", "grid"),
+                    "y": array_ref("width_densities_images", f"w{r['width']}"),
+                }
+                for r in rows
+            ],
+            logy=True,
+            caption="Exact eigenvalues broadened by a Gaussian of σ = 0.4% of the common range; floor 1e-6·max.",
+        )
+    )
