@@ -79,6 +79,7 @@ from curvscope.experiments.sagun2016_nets import (
     image_class_sweep,
     image_width_sweep,
     load_weights,
+    ratio_at,
 )
 from curvscope.metrics import split_spectrum
 
@@ -149,6 +150,7 @@ def _spectrum_summary(lam: torch.Tensor) -> dict:
     return {
         "gap_at": int(sp.num_outliers_gap),
         "gap_ratio": round(float(sp.gap_ratio), 3),
+        "ratio_at_C-1": round(ratio_at(lam, C_MAIN - 1), 3),
         "lambda_max": round(lam[0].item(), 5),
         "lambda_min": round(lam[-1].item(), 5),
         "neg_ratio": round(float(sp.negative_ratio), 4),
@@ -165,7 +167,12 @@ def _spectra_claims(run: RunDir, rows: dict[str, dict], fitted: dict) -> None:
             "outliers_after_training",
             f"after training (CE, C = {C_MAIN}) the exact spectrum is a bulk plus C − 1 outliers: "
             "the largest ratio λ_k/λ_{k+1}, k ≤ 30, is at k = C − 1",
-            {"gap_at": end["gap_at"], "ratio": end["gap_ratio"], "loss": round(fitted["final_loss"], 3)},
+            {
+                "gap_at": end["gap_at"],
+                "ratio": end["gap_ratio"],
+                "ratio_at_C-1": end["ratio_at_C-1"],
+                "loss": round(fitted["final_loss"], 3),
+            },
             f"gap_at = {C_MAIN - 1} (rule: the softmax Hessian has rank C − 1)",
             end["gap_at"] == C_MAIN - 1,
             SRC,

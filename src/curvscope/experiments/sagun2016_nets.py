@@ -98,6 +98,11 @@ def dense_eigenvalues(H: Hessian) -> torch.Tensor:
     return torch.linalg.eigvalsh(H.to_dense(max_dim=ins.EXACT_MAX_DIM).double().cpu()).flip(0)
 
 
+def ratio_at(eigenvalues: torch.Tensor, k: int) -> float:
+    """``λ_k/λ_{k+1}`` (1-based, largest first): the size of the gap after ``k`` eigenvalues."""
+    return float(eigenvalues[k - 1] / eigenvalues[k])
+
+
 def bulk_share(lam: torch.Tensor) -> float:
     """Share of a spectrum (largest first) with ``|λ| < BULK_REL · λ_max``."""
     return float((lam.abs() < BULK_REL * lam[0]).double().mean())
@@ -230,6 +235,7 @@ def image_spectrum(run: RunDir, ctx: Context, s: FullSettings, num_classes: int,
         "D": lam.numel(),
         "gap_at": k,
         "ratio": round(ratio, 2),
+        "ratio_at_C-1": round(ratio_at(lam, num_classes - 1), 2),
         "bulk_exact": round(bulk_share(lam), 4),
         "top_mean": round(lam[: num_classes - 1].mean().item(), 5),
         "lambda_max": round(lam[0].item(), 5),
@@ -253,7 +259,10 @@ def image_class_sweep(run: RunDir, ctx: Context, s: FullSettings) -> None:
             f"{ctx.image_data()} restricted to its first C classes (real data, not clusters), CE, MLP "
             f"{rows[0]['in_features']}-{s.main_width}-{s.main_width}-C: argmax_(k≤30) λ_k/λ_(k+1) = C − 1 for every C "
             "(dense spectrum after training)",
-            {f"C={r['C']}": f"{r['gap_at']} (ratio {r['ratio']}, train loss {r['loss']})" for r in rows},
+            {
+                f"C={r['C']}": f"{r['gap_at']} (ratio {r['ratio']}; at C − 1: {r['ratio_at_C-1']}; loss {r['loss']})"
+                for r in rows
+            },
             f"gap_at = C − 1 for C in {list(s.classes)} (rule: the softmax Hessian has rank C − 1)",
             all(r["gap_at"] == r["C"] - 1 for r in rows),
             SRC,
@@ -333,7 +342,7 @@ def image_width_sweep(run: RunDir, ctx: Context, s: FullSettings) -> None:
             "outliers_set_by_data_not_width",
             f"{ctx.image_data()}, CE, C = {C_MAIN}: the outliers depend on the data, not on the width: "
             "the gap stays after C − 1 eigenvalues at every width",
-            {f"w={r['width']}": f"{r['gap_at']} (ratio {r['ratio']})" for r in rows},
+            {f"w={r['width']}": f"{r['gap_at']} (ratio {r['ratio']}; at C − 1: {r['ratio_at_C-1']})" for r in rows},
             f"gap_at = C − 1 = {C_MAIN - 1} at every width (rule: rank of the softmax Hessian)",
             all(r["gap_at"] == C_MAIN - 1 for r in rows),
             SRC,
