@@ -298,7 +298,7 @@ def image_class_sweep(run: RunDir, ctx: Context, s: FullSettings) -> None:
     run.figure(
         Figure(
             "top_eigenvalues_vs_classes_images",
-            f"top {top} eigenvalues after training for each number of classes (log scale), {ctx.image_data()}",
+            f"top {top} eigenvalues after training vs number of classes (log scale)",
             "rank k",
             "λ_k",
             series=[
