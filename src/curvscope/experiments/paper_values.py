@@ -16,6 +16,8 @@ SAGUN2016 = {
     "input (synthetic data with varied numbers of clusters)",
     "bulk": "the bulk at zero depends on the architecture: a larger network has a larger share of eigenvalues "
     "near zero (more singular)",
+    "edges": "the edges (outliers) depend on the input data, the bulk on the architecture: the outliers are set by "
+    "the data, not by the size of the network (abstract and conclusion)",
 }
 
 #: What Sagun et al. 2017 report for the paper claims (qualitative: their figures show spectra and loss curves).

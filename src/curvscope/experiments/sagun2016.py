@@ -25,12 +25,26 @@ the bulk fraction (share of ``|λ| < 10⁻³ λ_max``) by SLQ at every width (qu
 the Ritz nodes inside the interval; 4 probes × 150 steps were within 0.01 of the exact fraction
 where it was checked), the exact one beside it where ``D ≤ exact_max_dim``, and the top 10 by eigsh.
 
-Quick: N = 500 (the exact bulk fractions at N = 500 and 2000 agree to 0.01), 10 epochs. Full:
-N = 2000, widths up to 128, exact checks up to D = 3000, more SLQ probes.
+Quick: N = 500 (the exact bulk fractions at N = 500 and 2000 agree to 0.01), 10 epochs.
+
+Full (``FULL``; ≈ 10 CPU-minutes on one core): real images. ``ctx.image_data()`` (Fashion-MNIST
+unless ``--data``), average-pooled to 7×7 and flattened (49 inputs: the 49-32-32-10 net has
+D = 2986, so every spectrum is dense and exact), standardised, CE, SGD lr 0.05, momentum 0.9,
+batch 64, 5 epochs over all training images (60k for C = 10). 5 epochs: the C = 10 loss is ≈ 0.38,
+far from saturation (a saturated fit loses the gap); the 2-class problem saturates (loss ≈ 0.03)
+at any length past one epoch, which the class sweep reports. The dense Hessian is the training
+loss's over a class-balanced subset of 1000 training images per class (N = 10000 at C = 10:
+≈ 110 s per spectrum on one core, linear in N; the rank bound N(C − 1) ≫ D, so the subset does
+not make the spectrum singular). Measured: the spectra at initialisation and after training
+(C = 10, w = 32); the gap position for the first C = 2, 4, 6, 8, 10 classes (real data in place
+of clusters); the near-zero share and the gap position for widths 8, 16, 24, 32 (D = 562 …
+2986, C = 10, same data); then the paper's synthetic-cluster sweep on the GMM (N = 2000, C up
+to 15, top 31 by certified Lanczos), CE and MSE as at the quick scale.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import torch
@@ -42,6 +56,7 @@ from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
 from curvscope.experiments.sagun2016_nets import (
     BULK_REL,
     C_MAIN,
+    CURV_BATCH,
     DIM,
     F64,
     GAP_K,
@@ -52,13 +67,19 @@ from curvscope.experiments.sagun2016_nets import (
     TOP_WIDTH,
     W_MAIN,
     WHEN,
+    FullSettings,
     Settings,
+    broadened_densities,
     bulk_share,
     dense_eigenvalues,
+    fit_image_net,
     fit_net,
     gap_position,
     hessian_of,
+    image_class_sweep,
+    image_width_sweep,
     load_weights,
+    ratio_at,
 )
 from curvscope.metrics import split_spectrum
 
@@ -72,24 +93,36 @@ QUICK = Settings(
     slq_steps=150,
     exact_max_dim=1000,
 )
-FULL = Settings(
-    num_samples=2000,
-    epochs=10,
-    ce_classes=(3, 5, 8, 10, 12, 15),
-    mse_classes=(8, 10, 12, 15),
-    widths=(16, 32, 64, 128),
-    slq_probes=16,
-    slq_steps=200,
-    exact_max_dim=3000,
+FULL = FullSettings(
+    image_size=7,
+    train_subset=None,
+    epochs=5,
+    hessian_per_class=1000,
+    main_width=32,
+    classes=(2, 4, 6, 8, 10),
+    widths=(8, 16, 24, 32),
+    gmm=Settings(
+        num_samples=2000,
+        epochs=10,
+        ce_classes=(3, 5, 8, 10, 12, 15),
+        mse_classes=(8, 10, 12, 15),
+        widths=(),
+        slq_probes=0,
+        slq_steps=0,
+        exact_max_dim=0,
+    ),
 )
 
 
 # ---------------------------------------------------------------- spectra at init and end
-def _spectra(run: RunDir, ctx: Context, s: Settings) -> None:
+def _spectra(run: RunDir, ctx: Context, s: Settings | FullSettings) -> None:
     """Exact spectra of the CE net (C = 10, w = 32) at initialisation and after training."""
-    model, data, _, fitted = fit_net(run, ctx, s, "cross_entropy", C_MAIN, W_MAIN)
+    if isinstance(s, FullSettings):
+        model, data, _, fitted = fit_image_net(run, ctx, s, C_MAIN, s.main_width)
+    else:
+        model, data, _, fitted = fit_net(run, ctx, s, "cross_entropy", C_MAIN, W_MAIN)
     specs = _exact_spectra(run, model, data, fitted)
-    run.step("spectrum_density", lambda: _broadened_densities(specs))
+    run.step("spectrum_density", lambda: broadened_densities(specs))
     rows = {when: _spectrum_summary(lam) for when, lam in specs.items()}
     run.metric("spectra_ce_C10", rows)
     run.metric("spectra_train_loss", {"init": fitted["init_loss"], "final": fitted["final_loss"]})
@@ -102,7 +135,7 @@ def _exact_spectra(run: RunDir, model, data, fitted: dict) -> dict[str, torch.Te
     specs = {}
     for when in WHEN:
         load_weights(model, fitted, when)
-        H = hessian_of(model, data, "cross_entropy")
+        H = hessian_of(model, data, "cross_entropy", CURV_BATCH)
 
         def exact(H=H) -> dict:
             return {"eigenvalues": dense_eigenvalues(H).contiguous(), "dim": int(H.shape[0]), "status": "exact"}
@@ -111,27 +144,13 @@ def _exact_spectra(run: RunDir, model, data, fitted: dict) -> dict[str, torch.Te
     return specs
 
 
-def _broadened_densities(specs: dict[str, torch.Tensor]) -> dict:
-    """Gaussian-broadened densities of the exact spectra on one grid (for the log-y plot)."""
-    both = torch.cat(list(specs.values()))
-    lo, hi = both.min().item(), both.max().item()
-    pad = 0.05 * (hi - lo)
-    grid = torch.linspace(lo - pad, hi + pad, 1200, dtype=F64)
-    sigma = 0.004 * (hi - lo)
-    out = {"grid": grid}
-    for when, lam in specs.items():
-        z = (grid[:, None] - lam[None, :]) / sigma
-        pdf = torch.exp(-0.5 * z**2).sum(1) / (lam.numel() * sigma * (2 * torch.pi) ** 0.5)
-        out[when] = pdf.clamp_min(1e-6 * pdf.max())  # floor: keeps the log axis readable
-    return out
-
-
 def _spectrum_summary(lam: torch.Tensor) -> dict:
     """Gap position and ratio, extreme eigenvalues, negative ratio and near-zero share of a spectrum."""
     sp = split_spectrum(lam, max_outliers=GAP_K, min_gap=1.0)
     return {
         "gap_at": int(sp.num_outliers_gap),
         "gap_ratio": round(float(sp.gap_ratio), 3),
+        "ratio_at_C-1": round(ratio_at(lam, C_MAIN - 1), 3),
         "lambda_max": round(lam[0].item(), 5),
         "lambda_min": round(lam[-1].item(), 5),
         "neg_ratio": round(float(sp.negative_ratio), 4),
@@ -148,7 +167,12 @@ def _spectra_claims(run: RunDir, rows: dict[str, dict], fitted: dict) -> None:
             "outliers_after_training",
             f"after training (CE, C = {C_MAIN}) the exact spectrum is a bulk plus C − 1 outliers: "
             "the largest ratio λ_k/λ_{k+1}, k ≤ 30, is at k = C − 1",
-            {"gap_at": end["gap_at"], "ratio": end["gap_ratio"], "loss": round(fitted["final_loss"], 3)},
+            {
+                "gap_at": end["gap_at"],
+                "ratio": end["gap_ratio"],
+                "ratio_at_C-1": end["ratio_at_C-1"],
+                "loss": round(fitted["final_loss"], 3),
+            },
             f"gap_at = {C_MAIN - 1} (rule: the softmax Hessian has rank C − 1)",
             end["gap_at"] == C_MAIN - 1,
             SRC,
@@ -469,9 +493,33 @@ def _width_figures(run: RunDir, s: Settings, rows: list[dict], dens: dict[str, i
     )
 
 
+def _run_full(run: RunDir, ctx: Context, s: FullSettings) -> None:
+    """Images: spectra, class sweep, width sweep (dense spectra); then the GMM cluster sweep."""
+    run.metric(
+        "settings",
+        {
+            **dataclasses.asdict(s),
+            "data": ctx.image_data(),
+            "lr": 0.05,
+            "momentum": 0.9,
+            "batch_size": 64,
+            "curvature_batch": CURV_BATCH,
+            "gmm_dim": DIM,
+            "gmm_spread": SPREAD,
+        },
+    )
+    _spectra(run, ctx, s)
+    image_class_sweep(run, ctx, s)
+    image_width_sweep(run, ctx, s)
+    _class_sweep(run, ctx, s.gmm)
+
+
 def run_sagun2016(run: RunDir, ctx: Context) -> None:
     """Spectra at init/end, class sweep, width sweep (see the module docstring)."""
-    s = QUICK if ctx.quick else FULL
+    if not ctx.quick:
+        _run_full(run, ctx, FULL)
+        return
+    s = QUICK
     run.metric("settings", {**s.__dict__, "dim": DIM, "spread": SPREAD, "lr": 0.05, "momentum": 0.9, "batch_size": 64})
     _spectra(run, ctx, s)
     _class_sweep(run, ctx, s)
