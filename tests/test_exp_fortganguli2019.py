@@ -10,7 +10,6 @@ from curvscope.experiments import fortganguli2019 as fg
 from curvscope.experiments.fortganguli2019 import QUICK, RECIPE, C
 from curvscope.experiments.registry import Context
 from curvscope.experiments.run import RunDir, default_fingerprint
-from curvscope.report import render
 from exp_harness import PASS, REPORTED, check_claims, check_figures_and_report, check_resume, quick_run_fixture
 
 # (kind, verdict) of every claim at the quick scale on seed 0, the seed these tests run; every one is
@@ -120,5 +119,9 @@ def test_full_scale_code_path_on_fashion_mnist(tmp_path, monkeypatch):
     assert ((dyn["ftop"] >= 0) & (dyn["ftop"] <= dyn["ftop_C"] + 1e-12) & (dyn["ftop_C"] <= 1 + 1e-12)).all()
     gold = RunDir(tmp_path).arrays("goldilocks")
     assert gold["alpha"].tolist() == [0.3, 1.0, 3.0]
-    assert {f["name"] for f in run.results["figures"]} >= {"persistence_image", "goldilocks_ratio"}
-    render(tmp_path)
+    # figure specs only: rendering (matplotlib, ~2/3 of this test's time) is exercised by the quick-scale tests
+    assert {f["name"] for f in run.results["figures"]} == {*FIGURES, "persistence_image"} - {
+        "persistence_overlap",
+        "persistence_separable",
+        "hyperplane_training_adam",
+    }
