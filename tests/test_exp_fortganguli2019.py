@@ -100,7 +100,7 @@ def test_resume_does_not_recompute(quick_run):
 def test_full_scale_code_path_on_fashion_mnist(tmp_path, monkeypatch):
     """The full scale's image run and Goldilocks scan on Fashion-MNIST, with tiny sizes (seconds, not minutes)."""
     tiny = dataclasses.replace(
-        fg.FULL, gmm_runs=(), image_epochs=2, image_snapshot_epochs=(0, 1, 2), image_logit_epochs=(0, 2),
+        fg.FULL, gmm_runs=(), image_epochs=2, image_snapshot_epochs=(0, 0.33, 1, 2), image_logit_epochs=(0.33, 2),
         image_train_size=640, image_curv_size=100, image_minibatches=2, image_logit_per_class=2,
         alphas=(0.3, 1, 3), gold_dim=8, gold_subspaces=1, gold_samples=100, plane_dims=(4,), plane_alphas=(1,),
         plane_epochs=0.2, plane_optimizers=("sgd",), plane_train_size=200, plane_test_size=100,
@@ -115,7 +115,9 @@ def test_full_scale_code_path_on_fashion_mnist(tmp_path, monkeypatch):
     assert all(claims[n]["paper_value"] for n in ("gradient_confinement", "subspace_persistence_image"))
     assert run.results["metrics"]["num_parameters_image"] == 784 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
     dyn = RunDir(tmp_path).arrays("dynamics_image")
-    assert dyn["epoch"].tolist() == [0.0, 1.0, 2.0] and dyn["persistence"].shape == (3, 3)
+    # 10 steps an epoch: the snapshot asked at epoch 0.33 is step 3; its logit gradients are measured there
+    assert dyn["epoch"].tolist() == [0.0, 0.3, 1.0, 2.0] and dyn["persistence"].shape == (4, 4)
+    assert torch.allclose(dyn["logit_epoch"], torch.tensor([0.3, 2.0], dtype=torch.float64))
     assert ((dyn["ftop"] >= 0) & (dyn["ftop"] <= dyn["ftop_C"] + 1e-12) & (dyn["ftop_C"] <= 1 + 1e-12)).all()
     gold = RunDir(tmp_path).arrays("goldilocks")
     assert gold["alpha"].tolist() == [0.3, 1.0, 3.0]

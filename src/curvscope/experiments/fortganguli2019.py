@@ -237,7 +237,7 @@ def _track(run: RunDir, ctx: Context, tag: str, model: nn.Module, data, curv, mi
         mb = conf["minibatch"]
         rows.append([ep, *conf["full"], mb.mean(), mb.min(), mb.max(), top["eigenvalues"][0]])
         eig_status.append(str(top["status"]))
-        if any(abs(ep - e) < 1e-9 for e in logit_epochs):
+        if any(abs(ep - e) * spe < 0.5 for e in logit_epochs):  # snapshots sit on whole steps: 0.1 → 94/938
             logit_step = f"logits_{tag}_{i}"
             lg = run.step(logit_step, lambda: _logit_cosines(model, loss_fn, sub.x, sub.y))
             logit_rows.append([ep] + [lg[k] for k in LOGIT_KEYS])
