@@ -45,7 +45,7 @@ curvature subset of 10 000 training images (1000 per class: the Hessian of 60k i
 of the train split; the per-sample logit gradients of 200 images (20 per class; 2000 logit
 gradients, the [200, 10, D] Jacobian is 0.4 GB) at 5 snapshots. Goldilocks on the same images
 average-pooled to 8×8 (so the same 64-16-16-10 network, D = 1440): a 4000-image class-
-balanced curvature subset, 15 values of α with 6 random 200-dimensional subspaces each;
+balanced curvature subset, 17 values of α (0.05–256) with 6 random 200-dimensional subspaces each;
 hyperplane training on 10 000 training images (tested on 2000 test images) for
 d ∈ {16, 64, 256, 1024}, 6 scales, SGD and Adam, 5 epochs. The two GMM runs are kept at the
 quick sizes (the small-scale reference, ~1 CPU-min). The regression guards measured on the
@@ -154,7 +154,8 @@ FULL = Settings(
     image_epochs=20, image_snapshot_epochs=(0, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 15, 20),
     image_logit_epochs=(0, 0.1, 1, 5, 20), image_curv_size=10000, image_minibatches=16, image_logit_per_class=20,
     # Goldilocks: 8×8 pooled images (D = 1440), 4000-image curvature subset; d = 200 costs ~1.3 CPU-s a subspace.
-    alphas=(0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1, 1.4, 2, 2.8, 4, 8, 16, 32, 64), gold_dim=200, gold_subspaces=6,
+    alphas=(0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1, 1.4, 2, 2.8, 4, 8, 16, 32, 64, 128, 256), gold_dim=200,
+    gold_subspaces=6,
     gold_data="image", gold_samples=4000,
     # Hyperplanes: 10k training images, 5 epochs (~1-2 CPU-s a run), 4 dimensions × 6 scales × 2 optimizers.
     plane_dims=(16, 64, 256, 1024), plane_alphas=(0.1, 0.3, 1, 3, 10, 30), plane_epochs=5,
@@ -194,8 +195,9 @@ def _image_run(run: RunDir, ctx: Context, s: Settings) -> dict:
     idx = torch.randperm(len(data), generator=gen)[: 64 * s.image_minibatches].to(data.y.device)
     mini = batches(data.replace(x=data.x[idx], y=data.y[idx]), 64)
     sub = balanced_subset(data, s.image_logit_per_class * C, seed=ctx.seed + 2)
-    return _track(run, ctx, "image", model, data, curv, mini, sub, config, s.image_snapshot_epochs,
-                  s.image_logit_epochs, progress=ctx.progress)  # fmt: skip
+    out = _track(run, ctx, "image", model, data, curv, mini, sub, config, s.image_snapshot_epochs,
+                 s.image_logit_epochs, progress=ctx.progress)  # fmt: skip
+    return {**out, "in_features": int(data.x.shape[1])}
 
 
 def _track(run: RunDir, ctx: Context, tag: str, model: nn.Module, data, curv, mini: list, sub, config: TrainConfig,
@@ -368,7 +370,7 @@ def _claims_dynamics(run: RunDir, dyn: dict) -> None:
             "f_top ≥ 0.7 at every such snapshot (level and window measured here)",
             bool(vals) and min(vals) >= 0.7, GUARD, kind="regression", inputs=_eig_inputs(ov, "s = 0.4", lo),
         )  # fmt: skip
-    early = [f"{d['label']}: " + "; ".join(f"{e:g}: {f:.3f}" for e, f in zip(d["epoch"].tolist(), d["ftop"].tolist())
+    early = [f"{d['label']}: " + "; ".join(f"{e:.3g}: {f:.3f}" for e, f in zip(d["epoch"].tolist(), d["ftop"].tolist())
                                           if e < (1 if t == "image" else 3)) for t, d in dyn.items()]  # fmt: skip
     _claim(
         run, "gradient_confinement_early",
@@ -435,7 +437,7 @@ def _claims_rise_fall(run: RunDir, dyn: dict) -> None:
     """λ_max rises early then falls: the direction (paper) on the separable and image runs; the factors as a guard."""
     for tag, d in dyn.items():
         lam, k = d["lambda_max"], int(d["lambda_max"].argmax())
-        measured = f"{lam[0]:.3g} → {lam[k]:.3g} (epoch {d['epoch'][k]:g}) → {lam[-1]:.3g} (epoch {d['epoch'][-1]:g})"
+        measured = f"{lam[0]:.3g} → {lam[k]:.3g} (epoch {d['epoch'][k]:.3g}) → {lam[-1]:.3g} (epoch {d['epoch'][-1]:g})"
         inputs, name, what = _eig_inputs(d, d["label"]), f"lambda_max_rise_fall_{tag}", f"({d['label']})"
         if tag == "overlap":
             _claim(run, name, f"λ_max rises early in training, then falls {what}", measured,
@@ -513,8 +515,8 @@ def run_fortganguli(run: RunDir, ctx: Context) -> None:
     dyn = {tag: {**_gmm_run(run, ctx, s, tag), "label": LABEL[tag]} for tag in s.gmm_runs}
     if s.image_epochs > 0:
         img = _image_run(run, ctx, s)
-        widths = "-".join(map(str, s.image_widths))
-        dyn["image"] = {**img, "label": f"{ctx.image_data()}, MLP {widths}-{C}"}
+        widths = "-".join(map(str, (img["in_features"], *s.image_widths, C)))
+        dyn["image"] = {**img, "label": f"{ctx.image_data()}, MLP {widths}"}
         run.metric("num_parameters_image", int(img["num_params"]))
     if s.gmm_runs:
         run.metric("num_parameters_gmm", int(dyn[s.gmm_runs[0]]["num_params"]))

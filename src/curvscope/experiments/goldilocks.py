@@ -77,7 +77,7 @@ def gold_label(s: Settings, ctx: Context) -> str:
     """Network and data of the Goldilocks runs, for titles."""
     if s.gold_data == "digits":
         return "64-16-16-10, digits"
-    return f"bias-free MLP, {ctx.image_data()} pooled to {s.gold_image_size}×{s.gold_image_size}"
+    return f"{ctx.image_data()} {s.gold_image_size}×{s.gold_image_size}"
 
 
 def measure_goldilocks(run: RunDir, ctx: Context, s: Settings) -> dict:
