@@ -28,20 +28,30 @@ initial weights ×α, ``H_d`` on random subspaces for α on a log grid. Hyperpla
 the same network trained with :func:`curvscope.train.train_subspace` for several ``d`` and
 α — reported, not asserted.
 
-Scales. ``quick`` (≤ 90 s on one core): 20 epochs, 8 snapshots per run (epochs 0, 0.5, 1,
-2, 3, 5, 10, 20), top-10 eigenpairs to tol 1e-5, 8 mini-batches, logit gradients of 100
-samples at 4 snapshots, 9 values of α with 2 random 100-dimensional subspaces each,
-hyperplane training for d ∈ {16, 64, 256}, α ∈ {0.2, 1, 4, 32}, SGD and Adam, 4 epochs.
-``full`` (for a GPU): the same networks and data, 40 epochs and 14 snapshots, tol 1e-8,
-32 mini-batches, 500 samples for the logit gradients, 18 values of α with 8 subspaces of
-dimension 400, hyperplane training for 9 dimensions × 9 scales × 2 optimizers, 20 epochs.
+Scales. ``quick`` (≤ 90 s on one core): the two GMM runs (20 epochs, 8 snapshots: epochs 0,
+0.5, 1, 2, 3, 5, 10, 20), top-10 eigenpairs at eigsh's float64 tolerance, 8 mini-batches,
+logit gradients of 100 samples at 4 snapshots; Goldilocks on digits: 9 values of α with 2
+random 100-dimensional subspaces each, hyperplane training for d ∈ {16, 64, 256},
+α ∈ {0.2, 1, 4, 32}, SGD and Adam, 4 epochs.
 
-Claim kinds. A ``paper`` claim tests what the paper states with a rule that needs no fitted
-number: same-logit gradients more aligned than cross-logit ones; "mostly in the top subspace"
-read as ``f_top > 0.5``; λ_max peaking at an interior snapshot; the Goldilocks measure and the
-positive fraction peaking at an interior init scale. The levels measured here (cosine ≥ 0.1,
-``f_top ≥ 0.7``, persistence ≥ 0.7, the factors of the rise and fall, the α range of the
-peak) are ``regression`` guards.
+``full`` (≤ 20 CPU-min on one core): the paper-sized run is on ``ctx.image_data()``
+(Fashion-MNIST by default; ``--data`` MNIST or CIFAR-10 likewise, the input width taken from
+the data): an MLP 784-32-32-10 (D = 26 506; Gur-Ari et al.'s MNIST network has two hidden
+layers of 32) trained by plain SGD (lr 0.1, batch 64, float64) on all 60 000 training images
+for 20 epochs, 13 snapshots (dense in the first epoch, where the top subspace forms). The
+top-C Hessian eigenpairs and the "full-batch" gradient are those of a class-balanced
+curvature subset of 10 000 training images (1000 per class: the Hessian of 60k images costs
+6× more per product for a sample mean that changes little); 16 random 64-image mini-batches
+of the train split; the per-sample logit gradients of 200 images (20 per class; 2000 logit
+gradients, the [200, 10, D] Jacobian is 0.4 GB) at 5 snapshots. Goldilocks on the same images
+average-pooled to 8×8 (so the same 64-16-16-10 network, D = 1440): a 4000-image class-
+balanced curvature subset, 17 values of α (0.05–256) with 6 random 200-dimensional subspaces each;
+hyperplane training on 10 000 training images (tested on 2000 test images) for
+d ∈ {16, 64, 256, 1024}, 6 scales, SGD and Adam, 5 epochs. The two GMM runs are kept at the
+quick sizes (the small-scale reference, ~1 CPU-min). The regression guards measured on the
+GMM runs and on digits are checked only on those runs; the image run carries the paper claims
+(confinement, persistence after epoch 1, λ_max rise and fall) and the Goldilocks paper claims
+read the Fashion-MNIST scan.
 
 Denormals are flushed by ``run_experiment`` (a process-wide choice made by the application):
 late-training Hessian products run several times slower without it.
@@ -57,6 +67,7 @@ from torch import nn
 from curvscope.data import balanced_subset, batches, load_dataset
 from curvscope.experiments import instruments as ins
 from curvscope.experiments.goldilocks import (
+    gold_label,
     goldilocks_claims,
     goldilocks_figures,
     hyperplane_claims,
@@ -108,6 +119,25 @@ class Settings:
     # noise_band). Part of the run's fingerprint, so a directory measured under the earlier rule
     # (λ > 0, no band; its cached steps lack the unresolved fraction) is refused, not resumed.
     gold_positive_rule: str = "above_noise_band"
+    # Which GMM runs (RUNS keys) to train; the full scale keeps both at the quick sizes above.
+    gmm_runs: tuple[str, ...] = ("overlap", "separable")
+    # The image run (full scale; image_epochs = 0: none): MLP on ctx.image_data(), flattened.
+    image_epochs: float = 0.0
+    image_snapshot_epochs: tuple[float, ...] = ()
+    image_logit_epochs: tuple[float, ...] = ()
+    image_train_size: int | None = None  # None: the whole train split (60k for Fashion-MNIST)
+    image_curv_size: int = 0  # class-balanced curvature subset (Hessian, full-batch gradient)
+    image_minibatches: int = 0
+    image_logit_per_class: int = 0
+    image_widths: tuple[int, ...] = (32, 32)
+    image_lr: float = 0.1
+    image_momentum: float = 0.0
+    # Goldilocks data: "digits" (8×8 scikit-learn digits) or "image" (ctx.image_data() pooled to gold_image_size²)
+    gold_data: str = "digits"
+    gold_image_size: int = 8
+    gold_samples: int | None = None  # class-balanced curvature subset of the Goldilocks Hessian (None: all)
+    plane_train_size: int | None = None  # hyperplane training / test subsets (image data only)
+    plane_test_size: int | None = None
 
 
 QUICK = Settings(
@@ -116,11 +146,20 @@ QUICK = Settings(
     plane_dims=(16, 64, 256), plane_alphas=(0.2, 1, 4, 32), plane_epochs=4,
 )  # fmt: skip
 FULL = Settings(
-    epochs=40, snapshot_epochs=(0, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7, 10, 15, 20, 30, 40),
-    num_minibatches=32, logit_per_class=50, logit_epochs=(0, 1, 2, 5, 10, 20, 40),
-    alphas=(0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1, 1.4, 2, 2.8, 4, 5.6, 8, 11, 16, 23, 32, 64), gold_dim=400,
-    gold_subspaces=8, plane_dims=(4, 8, 16, 32, 64, 128, 256, 512, 1024),
-    plane_alphas=(0.1, 0.2, 0.5, 1, 2, 4, 8, 16, 32), plane_epochs=20,
+    # GMM runs: the quick sizes (the small-scale reference, ~1 CPU-min for both); the image run is the full-scale one.
+    epochs=20, snapshot_epochs=(0, 0.5, 1, 2, 3, 5, 10, 20), num_minibatches=8, logit_per_class=10,
+    logit_epochs=(0, 2, 5, 20),
+    # Image run: 60k images, 938 steps an epoch (~5 CPU-s in float64); 13 snapshots, dense early (the top subspace
+    # forms within the first few hundred steps); eigsh on 10k images costs ~5-20 CPU-s a snapshot.
+    image_epochs=20, image_snapshot_epochs=(0, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 15, 20),
+    image_logit_epochs=(0, 0.1, 1, 5, 20), image_curv_size=10000, image_minibatches=16, image_logit_per_class=20,
+    # Goldilocks: 8×8 pooled images (D = 1440), 4000-image curvature subset; d = 200 costs ~1.3 CPU-s a subspace.
+    alphas=(0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 1, 1.4, 2, 2.8, 4, 8, 16, 32, 64, 128, 256), gold_dim=200,
+    gold_subspaces=6,
+    gold_data="image", gold_samples=4000,
+    # Hyperplanes: 10k training images, 5 epochs (~1-2 CPU-s a run), 4 dimensions × 6 scales × 2 optimizers.
+    plane_dims=(16, 64, 256, 1024), plane_alphas=(0.1, 0.3, 1, 3, 10, 30), plane_epochs=5,
+    plane_train_size=10000, plane_test_size=2000,
 )  # fmt: skip
 LABEL = {"overlap": "s = 0.4 (overlapping)", "separable": "s = 1 (separable)"}
 
@@ -129,10 +168,47 @@ def _gmm_run(run: RunDir, ctx: Context, s: Settings, tag: str) -> dict:
     """Train one GMM run; per snapshot: top-C eigenpairs, confinement, logit-gradient cosines; then a summary."""
     data = load_dataset("gmm", **GMM, spread=RUNS[tag], seed=ctx.seed, dtype=F64).to(device=ctx.device)
     model = build_model("mlp", in_features=GMM["dim"], widths=(32, 32), num_classes=C, seed=ctx.seed, dtype=F64)
-    model = model.to(ctx.device)
     config = TrainConfig(lr=0.05, momentum=0.9, batch_size=64, epochs=s.epochs, seed=ctx.seed)
+    mini = batches(data, 64, shuffle=True, seed=ctx.seed)[: s.num_minibatches]
+    sub = balanced_subset(data, s.logit_per_class * C, seed=ctx.seed)
+    return _track(run, ctx, tag, model.to(ctx.device), data, data, mini, sub, config, s.snapshot_epochs, s.logit_epochs)
+
+
+def _image_run(run: RunDir, ctx: Context, s: Settings) -> dict:
+    """The same measurements on ``ctx.image_data()`` (Fashion-MNIST by default): MLP on the flattened images.
+
+    Trained on the whole train split (``s.image_train_size`` samples when set); the Hessian and the
+    full-batch gradient on a class-balanced curvature subset of ``s.image_curv_size`` training images;
+    mini-batch gradients on random 64-image batches of the train split; logit gradients on another
+    class-balanced subset of ``s.image_logit_per_class`` images per class.
+    """
+    data = load_dataset(ctx.image_data(), split="train", flatten=True, subset=s.image_train_size, seed=ctx.seed,
+                        dtype=F64).to(device=ctx.device)  # fmt: skip
+    if data.num_classes != C:
+        raise ValueError(f"fortganguli2019 measures C = {C} classes; {ctx.image_data()} has {data.num_classes}")
+    model = build_model("mlp", in_features=data.x.shape[1], widths=s.image_widths, num_classes=C, seed=ctx.seed,
+                        dtype=F64).to(ctx.device)  # fmt: skip
+    config = TrainConfig(lr=s.image_lr, momentum=s.image_momentum, batch_size=64, epochs=s.image_epochs,
+                         seed=ctx.seed)  # fmt: skip
+    curv = balanced_subset(data, s.image_curv_size, seed=ctx.seed)
+    gen = torch.Generator().manual_seed(ctx.seed + 1)
+    idx = torch.randperm(len(data), generator=gen)[: 64 * s.image_minibatches].to(data.y.device)
+    mini = batches(data.replace(x=data.x[idx], y=data.y[idx]), 64)
+    sub = balanced_subset(data, s.image_logit_per_class * C, seed=ctx.seed + 2)
+    out = _track(run, ctx, "image", model, data, curv, mini, sub, config, s.image_snapshot_epochs,
+                 s.image_logit_epochs, progress=ctx.progress)  # fmt: skip
+    return {**out, "in_features": int(data.x.shape[1])}
+
+
+def _track(run: RunDir, ctx: Context, tag: str, model: nn.Module, data, curv, mini: list, sub, config: TrainConfig,
+           snapshot_epochs, logit_epochs, progress: bool = False) -> dict:  # fmt: skip
+    """Train on ``data``; per snapshot the top-C Hessian eigenpairs and confinement; then a summary.
+
+    The Hessian and full-batch gradient are those of ``curv``; the ``mini`` batch gradients are confined
+    to the same eigenspace; the logit-gradient cosines of ``sub`` are measured at ``logit_epochs``.
+    """
     spe = steps_per_epoch(len(data), config)
-    config = TrainConfig(**{**config.to_dict(), "snapshot_steps": tuple(round(e * spe) for e in s.snapshot_epochs)})
+    config = TrainConfig(**{**config.to_dict(), "snapshot_steps": tuple(round(e * spe) for e in snapshot_epochs)})
 
     def fit() -> dict:
         hist = train(model, data, config, progress=ctx.progress)
@@ -145,13 +221,11 @@ def _gmm_run(run: RunDir, ctx: Context, s: Settings, tag: str) -> dict:
 
     fitted = run.step(f"train_{tag}", fit)
     loss_fn = nn.CrossEntropyLoss()
-    mini = batches(data, 64, shuffle=True, seed=ctx.seed)[: s.num_minibatches]
-    sub = balanced_subset(data, s.logit_per_class * C, seed=ctx.seed)
     bases, rows, logit_rows, logit_step, eig_status = [], [], [], "", []
     for i, ep in enumerate(fitted["epoch"].tolist()):
         model.load_state_dict({k: fitted[f"state{i}.{k}"] for k in model.state_dict()})
-        H = Hessian(model, loss_fn, batches(data))
-        top = ins.eigenpairs(run, f"eig_{tag}_{i}", H, C, seed=ctx.seed)
+        H = Hessian(model, loss_fn, batches(curv))
+        top = ins.eigenpairs(run, f"eig_{tag}_{i}", H, C, seed=ctx.seed, progress=progress)
         V = top["eigenvectors"].to(F64)
         bases.append(V[:, : C - 1])
 
@@ -165,7 +239,7 @@ def _gmm_run(run: RunDir, ctx: Context, s: Settings, tag: str) -> dict:
         mb = conf["minibatch"]
         rows.append([ep, *conf["full"], mb.mean(), mb.min(), mb.max(), top["eigenvalues"][0]])
         eig_status.append(str(top["status"]))
-        if any(abs(ep - e) < 1e-9 for e in s.logit_epochs):
+        if any(abs(ep - e) * spe < 0.5 for e in logit_epochs):  # snapshots sit on whole steps: 0.1 → 94/938
             logit_step = f"logits_{tag}_{i}"
             lg = run.step(logit_step, lambda: _logit_cosines(model, loss_fn, sub.x, sub.y))
             logit_rows.append([ep] + [lg[k] for k in LOGIT_KEYS])
@@ -212,81 +286,134 @@ def _eig_inputs(d: dict, tag: str, mask=None) -> dict:
     return {f"eigsh {tag}, epoch {float(d['epoch'][i]):g}": sts[i] for i in keep}
 
 
+def _main(dyn: dict) -> str:
+    """The run that carries the paper claims: the image run at the full scale, the overlapping GMM run at quick."""
+    return "image" if "image" in dyn else "overlap"
+
+
 def _claims_logits(run: RunDir, dyn: dict) -> None:
-    """Same-logit vs cross-logit cosines over every measured snapshot of both GMM runs."""
+    """Same-logit vs cross-logit cosines over every measured snapshot of every run."""
     same, cross, sc, oc = ([x for d in dyn.values() for x in d[f"logit_{k}"].tolist()] for k in LOGIT_KEYS)
     pairs = [(a, b) for d in dyn.values() for a, b in zip(d["logit_same_logit"].tolist(),
                                                           d["logit_cross_logit"].tolist())]  # fmt: skip
+    runs = ", ".join(d["label"] for d in dyn.values())
     measured = f"same logit {_rng(same)}, cross logit {_rng(cross)}"
     _claim(
         run, "logit_gradient_clustering",
         "per-sample logit gradients cluster by logit: mean cosine of ∇z_k(x_i), ∇z_k(x_j) (i ≠ j) exceeds that of "
-        "∇z_k(x_i), ∇z_k'(x_j) (k ≠ k'), at every measured snapshot of both GMM runs",
+        f"∇z_k(x_i), ∇z_k'(x_j) (k ≠ k'), at every measured snapshot of every run ({runs})",
         measured, "same-logit > |cross-logit| at every snapshot", all(a > abs(b) for a, b in pairs),
         SRC + ", logit-gradient clustering", kind="paper", paper_value=FORT_GANGULI2019["logit_clustering"],
     )  # fmt: skip
-    _claim(
-        run, "logit_gradient_clustering_levels",
-        "levels of the same-logit and cross-logit cosines, every measured snapshot of both GMM runs",
-        measured, "same-logit ≥ 0.1 and |cross-logit| ≤ 0.05 (levels measured here)",
-        min(same) >= 0.1 and max(map(abs, cross)) <= 0.05, GUARD, kind="regression",
-    )  # fmt: skip
+    gmm = [d for t, d in dyn.items() if t in RUNS]
+    if gmm:
+        g_same, g_cross = ([x for d in gmm for x in d[f"logit_{k}"].tolist()] for k in LOGIT_KEYS[:2])
+        _claim(
+            run, "logit_gradient_clustering_levels",
+            "levels of the same-logit and cross-logit cosines, every measured snapshot of the GMM runs",
+            f"same logit {_rng(g_same)}, cross logit {_rng(g_cross)}",
+            "same-logit ≥ 0.1 and |cross-logit| ≤ 0.05 (levels measured here)",
+            min(g_same) >= 0.1 and max(map(abs, g_cross)) <= 0.05, GUARD, kind="regression",
+        )  # fmt: skip
+    per_run = "; ".join(f"{d['label']}: same class {_rng(d['logit_same_logit_same_class'])}, other classes "
+                        f"{_rng(d['logit_same_logit_cross_class'])}" for d in dyn.values())  # fmt: skip
     _claim(
         run, "logit_gradient_class_dependence",
         "within one logit, gradients of inputs of the same class are more aligned than of other classes",
-        f"same class {_rng(sc)}, other classes {_rng(oc)}", "reported (the weaker class dependence), not asserted",
-        None, SRC, kind="paper", paper_value=FORT_GANGULI2019["class_dependence"],
+        per_run if len(dyn) > 1 else f"same class {_rng(sc)}, other classes {_rng(oc)}",
+        "reported (the weaker class dependence), not asserted", None, SRC, kind="paper",
+        paper_value=FORT_GANGULI2019["class_dependence"],
     )  # fmt: skip
 
 
-def _claims_dynamics(run: RunDir, dyn: dict, D: int) -> None:
-    """Confinement, its collapse at interpolation, persistence, λ_max rise and fall."""
-    chance = confinement_chance(C - 1, D)
-    ov, sep = dyn["overlap"], dyn["separable"]
-    ep, ft, loss = ov["epoch"], ov["ftop"], ov["loss"]
-    late = (ep >= 3) & (loss > 0.3)
-    vals = ft[late].tolist()
-    last = torch.zeros_like(ep, dtype=torch.bool)
+def _late(d: dict, tag: str):
+    """Snapshots after the initial phase: epoch ≥ 3 with loss > 0.3 (GMM, where measured), epoch ≥ 1 (images)."""
+    return d["epoch"] >= 1 if tag == "image" else (d["epoch"] >= 3) & (d["loss"] > 0.3)
+
+
+def _last(d: dict) -> torch.Tensor:
+    """Mask of a run's last snapshot."""
+    last = torch.zeros_like(d["epoch"], dtype=torch.bool)
     last[-1] = True
+    return last
+
+
+def _claims_dynamics(run: RunDir, dyn: dict) -> None:
+    """Confinement, its collapse at interpolation, persistence, λ_max rise and fall."""
+    tag = _main(dyn)
+    m = dyn[tag]
+    chance = confinement_chance(C - 1, int(m["num_params"]))
+    ep, ft, loss = m["epoch"], m["ftop"], m["loss"]
+    late, last = _late(m, tag), _last(m)
+    where = (
+        "after training on overlapping classes (GMM, s = 0.4: the loss stays away from zero)"
+        if tag == "overlap"
+        else f"after training on {m['label']} (Hessian and gradient on the class-balanced curvature subset)"
+    )
     _claim(
         run, "gradient_confinement",
-        "after training on overlapping classes (GMM, s = 0.4: the loss stays away from zero), the full-batch "
-        "gradient lies mostly in the top-(C−1) Hessian eigenspace",
-        f"f_top {float(ft[-1]):.3f} at epoch {float(ep[-1]):g} (loss {float(loss[-1]):.3g})",
-        f"f_top > 0.5 (most of ‖g‖²) at the last snapshot; chance (C−1)/D = {chance:.4f}",
-        float(ft[-1]) > 0.5, GUR_ARI, inputs=_eig_inputs(ov, "s = 0.4", last), kind="paper",
+        f"{where}, the full-batch gradient lies mostly in the top-(C−1) Hessian eigenspace",
+        f"f_top {float(ft[-1]):.3f} at epoch {float(ep[-1]):g} (loss {float(loss[-1]):.3g}); after the initial "
+        f"phase {_rng(ft[late])} at epochs {_fmt(ep[late])}",
+        f"f_top > 0.5 (most of ‖g‖²) at the last snapshot; chance (C−1)/D = {chance:.2g}",
+        float(ft[-1]) > 0.5, GUR_ARI, inputs=_eig_inputs(m, m["label"], last), kind="paper",
         paper_value=FORT_GANGULI2019["confinement"],
     )  # fmt: skip
-    _claim(
-        run, "gradient_confinement_level",
-        "f_top of the full-batch gradient at every snapshot with epoch ≥ 3 and loss > 0.3 (s = 0.4)",
-        f"f_top {_rng(vals)} at epochs {_fmt(ep[late])} (loss {_rng(loss[late])})",
-        "f_top ≥ 0.7 at every such snapshot (level and window measured here)",
-        bool(vals) and min(vals) >= 0.7, GUARD, kind="regression", inputs=_eig_inputs(ov, "s = 0.4", late),
-    )  # fmt: skip
-    early = {t: "; ".join(f"{e:g}: {f:.3f}" for e, f in zip(d["epoch"].tolist(), d["ftop"].tolist()) if e < 3)
-             for t, d in dyn.items()}  # fmt: skip
+    if "overlap" in dyn:
+        ov = dyn["overlap"]
+        lo = _late(ov, "overlap")
+        vals = ov["ftop"][lo].tolist()
+        _claim(
+            run, "gradient_confinement_level",
+            "f_top of the full-batch gradient at every snapshot with epoch ≥ 3 and loss > 0.3 (s = 0.4)",
+            f"f_top {_rng(vals)} at epochs {_fmt(ov['epoch'][lo])} (loss {_rng(ov['loss'][lo])})",
+            "f_top ≥ 0.7 at every such snapshot (level and window measured here)",
+            bool(vals) and min(vals) >= 0.7, GUARD, kind="regression", inputs=_eig_inputs(ov, "s = 0.4", lo),
+        )  # fmt: skip
+    early = [f"{d['label']}: " + "; ".join(f"{e:.3g}: {f:.3f}" for e, f in zip(d["epoch"].tolist(), d["ftop"].tolist())
+                                          if e < (1 if t == "image" else 3)) for t, d in dyn.items()]  # fmt: skip
     _claim(
         run, "gradient_confinement_early",
         "f_top in the first epochs, before the top subspace has formed (epoch: f_top)",
-        f"s = 0.4: {early['overlap']} | s = 1: {early['separable']}", "reported, not asserted", None, GUR_ARI,
-        kind="paper",
+        " | ".join(early), "reported, not asserted", None, GUR_ARI, kind="paper",
     )  # fmt: skip
     _claim(
         run, "gradient_confinement_minibatch",
-        "share of 64-sample mini-batch gradients in the full-batch top-(C−1) eigenspace (s = 0.4, same snapshots)",
-        f"mean {_rng(ov['mb_mean'][late])} (min {ov['mb_min'][late].min():.3f}); full batch {_rng(vals)}",
-        "reported, not asserted", None, GUR_ARI, kind="paper",
+        f"share of 64-sample mini-batch gradients in the full-batch top-(C−1) eigenspace ({m['label']}, same "
+        "snapshots)", f"mean {_rng(m['mb_mean'][late])} (min {m['mb_min'][late].min():.3f}); full batch "
+        f"{_rng(ft[late])}", "reported, not asserted", None, GUR_ARI, kind="paper",
     )  # fmt: skip
-    fin = float(sep["ftop"][-1])
-    _claim(
-        run, "gradient_confinement_collapse",
-        "at interpolation (separable GMM, s = 1) the gradient leaves the top subspace",
-        f"f_top {fin:.3f} at epoch {sep['epoch'][-1]:g} (loss {sep['loss'][-1]:.1e}); {fin / chance:.0f}× chance",
-        "f_top ≤ 0.2 at the last snapshot (threshold measured here)", fin <= 0.2, GUARD, kind="regression",
-        inputs=_eig_inputs(sep, "s = 1", last),
-    )  # fmt: skip
-    P, eps = ov["persistence"], ep.tolist()
+    if "separable" in dyn:
+        sep = dyn["separable"]
+        fin, ch = float(sep["ftop"][-1]), confinement_chance(C - 1, int(sep["num_params"]))
+        _claim(
+            run, "gradient_confinement_collapse",
+            "at interpolation (separable GMM, s = 1) the gradient leaves the top subspace",
+            f"f_top {fin:.3f} at epoch {sep['epoch'][-1]:g} (loss {sep['loss'][-1]:.1e}); {fin / ch:.0f}× chance",
+            "f_top ≤ 0.2 at the last snapshot (threshold measured here)", fin <= 0.2, GUARD, kind="regression",
+            inputs=_eig_inputs(sep, "s = 1", _last(sep)),
+        )  # fmt: skip
+    if "overlap" in dyn:
+        _claims_persistence_gmm(run, dyn["overlap"])
+    if tag == "image":
+        P, eps = m["persistence"], m["epoch"].tolist()
+        i1 = next((i for i, e in enumerate(eps) if e >= 1), len(eps) - 1)  # the last one if none (tiny test runs)
+        later = P[i1, i1 + 1 :]
+        _claim(
+            run, "subspace_persistence_image",
+            f"after the initial phase the top-(C−1) eigenspace changes slowly ({m['label']}): overlap of the "
+            f"eigenspace at epoch {eps[i1]:g} with every later snapshot",
+            f"{_fmt(later)} at epochs {_fmt(eps[i1 + 1 :])}; overlap(init, epoch {eps[-1]:g}) = {float(P[0, -1]):.3f}",
+            f"every overlap > 0.5 (more than half of the subspace kept; chance (C−1)/D = {chance:.2g})",
+            bool(len(later)) and float(later.min()) > 0.5, GUR_ARI, kind="paper",
+            inputs=_eig_inputs(m, m["label"], ep >= eps[i1]), paper_value=FORT_GANGULI2019["persistence"],
+        )  # fmt: skip
+    _claims_rise_fall(run, dyn)
+
+
+def _claims_persistence_gmm(run: RunDir, ov: dict) -> None:
+    """Persistence of the top-(C−1) eigenspace of the overlapping GMM run (levels measured here)."""
+    P, eps = ov["persistence"], ov["epoch"].tolist()
     idx = [eps.index(e) for e in (5.0, 10.0, 20.0) if e in eps]
     pairs = [float(P[a, b]) for n, a in enumerate(idx) for b in idx[n + 1 :]]
     _claim(
@@ -304,30 +431,30 @@ def _claims_dynamics(run: RunDir, dyn: dict, D: int) -> None:
         GUARD, kind="regression", inputs={k: v for i, (k, v) in enumerate(_eig_inputs(ov, "s = 0.4").items())
                                           if i in (0, len(eps) - 1)},
     )  # fmt: skip
-    _claims_rise_fall(run, dyn)
 
 
 def _claims_rise_fall(run: RunDir, dyn: dict) -> None:
-    """λ_max rises early then falls: the direction (paper) on the separable run; the factors as a guard."""
+    """λ_max rises early then falls: the direction (paper) on the separable and image runs; the factors as a guard."""
     for tag, d in dyn.items():
         lam, k = d["lambda_max"], int(d["lambda_max"].argmax())
-        measured = f"{lam[0]:.3g} → {lam[k]:.3g} (epoch {d['epoch'][k]:g}) → {lam[-1]:.3g} (epoch {d['epoch'][-1]:g})"
-        inputs = _eig_inputs(d, LABEL[tag])
-        if tag != "separable":
-            _claim(run, f"lambda_max_rise_fall_{tag}", f"λ_max rises early in training, then falls ({LABEL[tag]})",
-                   measured, "reported: the loss stays high in this run, no fall expected", None, SRC,
-                   kind="paper")  # fmt: skip
+        measured = f"{lam[0]:.3g} → {lam[k]:.3g} (epoch {d['epoch'][k]:.3g}) → {lam[-1]:.3g} (epoch {d['epoch'][-1]:g})"
+        inputs, name, what = _eig_inputs(d, d["label"]), f"lambda_max_rise_fall_{tag}", f"({d['label']})"
+        if tag == "overlap":
+            _claim(run, name, f"λ_max rises early in training, then falls {what}", measured,
+                   "reported: the loss stays high in this run, no fall expected", None, SRC, kind="paper")  # fmt: skip
             continue
         _claim(
-            run, f"lambda_max_rise_fall_{tag}", f"λ_max rises early in training, then falls ({LABEL[tag]})",
-            measured, "the largest λ_max is at an interior snapshot: above the first and the last",
+            run, name, f"λ_max rises early in training, then falls {what}", measured,
+            "the largest λ_max is at an interior snapshot: above the first and the last",
             0 < k < len(lam) - 1 and lam[k] > lam[0] and lam[k] > lam[-1], SRC, inputs=inputs, kind="paper",
+            paper_value=FORT_GANGULI2019["rise_fall"],
         )  # fmt: skip
-        _claim(
-            run, f"lambda_max_rise_fall_factors_{tag}", f"size of λ_max's rise and fall ({LABEL[tag]})",
-            measured, "peak ≥ 2× initial and last ≤ 0.25× peak (factors measured here)",
-            lam[k] >= 2 * lam[0] and lam[-1] <= 0.25 * lam[k], GUARD, kind="regression", inputs=inputs,
-        )  # fmt: skip
+        if tag == "separable":
+            _claim(
+                run, f"lambda_max_rise_fall_factors_{tag}", f"size of λ_max's rise and fall {what}",
+                measured, "peak ≥ 2× initial and last ≤ 0.25× peak (factors measured here)",
+                lam[k] >= 2 * lam[0] and lam[-1] <= 0.25 * lam[k], GUARD, kind="regression", inputs=inputs,
+            )  # fmt: skip
 
 
 def _xy(name: str, title: str, xlabel: str, ylabel: str, series: list, **kw) -> Figure:
@@ -335,73 +462,83 @@ def _xy(name: str, title: str, xlabel: str, ylabel: str, series: list, **kw) -> 
     return Figure(name, title, xlabel, ylabel, series=series, **kw)
 
 
-def _per_run(key: str, x: str = "epoch", prefix: str = "", **kw) -> list[dict]:
-    """One series per GMM run from its ``dynamics_<run>`` step."""
-    return [{"label": prefix + LABEL[t], "x": array_ref(f"dynamics_{t}", x), "y": array_ref(f"dynamics_{t}", key),
-             "marker": "o", **kw} for t in RUNS]  # fmt: skip
+def _per_run(dyn: dict, key: str, x: str = "epoch", prefix: str = "", **kw) -> list[dict]:
+    """One series per run from its ``dynamics_<run>`` step."""
+    return [{"label": prefix + d["label"], "x": array_ref(f"dynamics_{t}", x), "y": array_ref(f"dynamics_{t}", key),
+             "marker": "o", **kw} for t, d in dyn.items()]  # fmt: skip
 
 
-def _figures(run: RunDir, s: Settings, dyn: dict, D: int) -> None:
+def _figures(run: RunDir, s: Settings, dyn: dict, gold_label: str) -> None:
     """Figure specs: cosine heat map, confinement, λ_max, loss, persistence, Goldilocks, hyperplanes."""
-    chance = confinement_chance(C - 1, D)
+    tag = _main(dyn)
+    m = dyn[tag]
+    chance = confinement_chance(C - 1, int(m["num_params"]))
     ticks = [f"z{k}" if c == 0 else "" for k in range(C) for c in range(C)]
     run.figure(Figure(
-        "logit_gradient_cosines", f"logit-gradient cosines by (logit, class), s = 0.4, epoch "
-        f"{dyn['overlap']['logit_epoch'][-1]:g}", "(logit k', class c'): C classes per logit",
-        "(logit k, class c)", kind="heatmap", z=array_ref(dyn["overlap"]["logit_step"], "blocks"),
+        "logit_gradient_cosines", f"logit-gradient cosines by (logit, class), {m['label']}, epoch "
+        f"{m['logit_epoch'][-1]:g}", "(logit k', class c'): C classes per logit",
+        "(logit k, class c)", kind="heatmap", z=array_ref(m["logit_step"], "blocks"),
         xticklabels=ticks, yticklabels=ticks,
         caption="Mean cosine of ∇θ z_k(x_i) and ∇θ z_k'(x_j) (i ≠ j), ordered by logit then class; bright "
         "diagonal C×C blocks are the same-logit clusters of Fort & Ganguli 2019.",
     ))  # fmt: skip
-    series = _per_run("logit_same_logit", "logit_epoch", "same logit, ")
-    series += _per_run("logit_cross_logit", "logit_epoch", "cross logit, ")
+    series = _per_run(dyn, "logit_same_logit", "logit_epoch", "same logit, ")
+    series += _per_run(dyn, "logit_cross_logit", "logit_epoch", "cross logit, ")
     run.figure(_xy("logit_cosines_training", "mean logit-gradient cosine over training", "epoch", "mean cosine",
                    series, hlines=[{"y": 0.0, "label": "0"}]))  # fmt: skip
-    mb = {"label": "mini-batch (64) mean, band min–max, s = 0.4", "x": array_ref("dynamics_overlap", "epoch"),
-          "y": array_ref("dynamics_overlap", "mb_mean"),
-          "band": [array_ref("dynamics_overlap", "mb_min"), array_ref("dynamics_overlap", "mb_max")]}  # fmt: skip
+    mb = {"label": f"mini-batch (64) mean, band min–max, {m['label']}", "x": array_ref(f"dynamics_{tag}", "epoch"),
+          "y": array_ref(f"dynamics_{tag}", "mb_mean"),
+          "band": [array_ref(f"dynamics_{tag}", "mb_min"), array_ref(f"dynamics_{tag}", "mb_max")]}  # fmt: skip
     run.figure(_xy(
         "gradient_confinement", "gradient confinement f_top = ‖P g‖²/‖g‖², P onto the top C−1 = 9 eigenvectors",
-        "epoch", "f_top", [*_per_run("ftop", prefix="full batch, "), mb],
-        hlines=[{"y": chance, "label": f"chance (C−1)/D = {chance:.4f}"}],
+        "epoch", "f_top", [*_per_run(dyn, "ftop", prefix="full batch, "), mb],
+        hlines=[{"y": chance, "label": f"chance (C−1)/D = {chance:.2g} ({m['label']})"}],
     ))  # fmt: skip
     run.figure(_xy("lambda_max", "top Hessian eigenvalue over training", "epoch", "λ_max (log scale)",
-                   _per_run("lambda_max"), logy=True))  # fmt: skip
+                   _per_run(dyn, "lambda_max"), logy=True))  # fmt: skip
     run.figure(_xy("training_loss", "full-batch training loss at the snapshots", "epoch", "loss (log scale)",
-                   _per_run("loss"), logy=True, hlines=[{"y": 0.3, "label": "loss 0.3"}]))  # fmt: skip
-    for t in RUNS:
-        eps = [f"{e:g}" for e in dyn[t]["epoch"].tolist()]
+                   _per_run(dyn, "loss"), logy=True, hlines=[{"y": 0.3, "label": "loss 0.3"}]))  # fmt: skip
+    for t, d in dyn.items():
+        eps = [f"{e:g}" for e in d["epoch"].tolist()]
+        ch = confinement_chance(C - 1, int(d["num_params"]))
         run.figure(Figure(
-            f"persistence_{t}", f"persistence of the top-(C−1) eigenspace, {LABEL[t]}", "epoch", "epoch",
+            f"persistence_{t}", f"persistence of the top-(C−1) eigenspace, {d['label']}", "epoch", "epoch",
             kind="heatmap", z=array_ref(f"dynamics_{t}", "persistence"), xticklabels=eps, yticklabels=eps,
-            caption=f"overlap(V(t), V(t')) = ‖V(t)ᵀV(t')‖_F²/k, k = C − 1: 1 = same subspace, chance k/D = "
-            f"{chance:.4f}",
+            caption=f"overlap(V(t), V(t')) = ‖V(t)ᵀV(t')‖_F²/k, k = C − 1: 1 = same subspace, chance k/D = {ch:.2g}",
         ))  # fmt: skip
-    goldilocks_figures(run, s)
+    goldilocks_figures(run, s, gold_label)
 
 
 def run_fortganguli(run: RunDir, ctx: Context) -> None:
     """Logit-gradient clustering, confinement, persistence, λ_max, Goldilocks zone, hyperplane training."""
     s = QUICK if ctx.quick else FULL
-    dyn = {tag: _gmm_run(run, ctx, s, tag) for tag in RUNS}
-    D = int(dyn["overlap"]["num_params"])
-    run.metric("num_parameters_gmm", D)
+    dyn = {tag: {**_gmm_run(run, ctx, s, tag), "label": LABEL[tag]} for tag in s.gmm_runs}
+    if s.image_epochs > 0:
+        img = _image_run(run, ctx, s)
+        widths = "-".join(map(str, (img["in_features"], *s.image_widths, C)))
+        dyn["image"] = {**img, "label": f"{ctx.image_data()}, MLP {widths}"}
+        run.metric("num_parameters_image", int(img["num_params"]))
+    if s.gmm_runs:
+        run.metric("num_parameters_gmm", int(dyn[s.gmm_runs[0]]["num_params"]))
     run.metric("settings", {**vars(s), "gmm_spread": RUNS, "gmm": GMM})
     _claims_logits(run, dyn)
-    _claims_dynamics(run, dyn, D)
-    goldilocks_claims(run, measure_goldilocks(run, ctx, s), s)
+    _claims_dynamics(run, dyn)
+    gl = gold_label(s, ctx)
+    goldilocks_claims(run, measure_goldilocks(run, ctx, s), s, gl)
     hyperplane_claims(run, train_hyperplanes(run, ctx, s), s)
-    _figures(run, s, dyn, D)
+    _figures(run, s, dyn, gl)
 
 
 RECIPE = Recipe(
     name="fortganguli2019",
     title="Local geometry: logit-gradient clusters, gradient confinement, λ_max dynamics, Goldilocks zone",
-    summary="GMM (C = 10, d = 30, N = 2000), MLP 30-32-32-10 trained by SGD on overlapping (s = 0.4) and separable "
-    "(s = 1) classes: per-sample logit-gradient cosines grouped by (logit, class); the share of the full-batch and "
-    "mini-batch gradients in the top-(C−1) Hessian eigenspace and its persistence; λ_max over training. Bias-free "
-    "MLP 64-16-16-10 on digits with initial weights ×α: Tr(H_d)/‖H_d‖_F and the positive fraction on random "
-    "subspaces (Goldilocks zone), and training confined to random hyperplanes.",
+    summary="Per-sample logit-gradient cosines grouped by (logit, class); the share of the full-batch and mini-batch "
+    "gradients in the top-(C−1) Hessian eigenspace and its persistence; λ_max over training; Tr(H_d)/‖H_d‖_F and the "
+    "positive fraction on random subspaces vs init scale α (Goldilocks zone), and training in random hyperplanes. "
+    "Full scale: Fashion-MNIST (or --data), MLP 784-32-32-10 trained by SGD on all 60k images, curvature on a 10k "
+    "class-balanced subset; Goldilocks on 8×8-pooled images (bias-free MLP 64-16-16-10). Both scales: GMM (C = 10, "
+    "d = 30, N = 2000), MLP 30-32-32-10 on overlapping (s = 0.4) and separable (s = 1) classes; the quick scale's "
+    "Goldilocks network runs on digits.",
     run=run_fortganguli,
     settings=lambda scale: QUICK if scale == "quick" else FULL,
     papers="Fort & Ganguli 2019; Gur-Ari, Roberts & Dyer 2018; Fort & Scherlis 2018",

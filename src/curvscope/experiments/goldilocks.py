@@ -1,11 +1,14 @@
 """The Goldilocks zone (Fort & Scherlis 2018) and training in random hyperplanes, for ``fortganguli2019``.
 
-A bias-free ReLU MLP 64-16-16-10 on scikit-learn digits with PyTorch's initial weights scaled by
-``α``: on random ``d``-dimensional subspaces, ``Tr(H_d)/‖H_d‖_F`` and the fraction of positive
-eigenvalues of ``H_d = Mᵀ H M`` (``docs/science.md``, "Goldilocks measure"), per ``α``; and the
-same network trained inside random hyperplanes (reported, not asserted). The paper claim is a
-rule, not a fitted number: the maximum over the ``α`` grid lies at an interior ``α``, above both
-ends. The levels and the ``α`` range of the peak measured here are ``regression`` guards.
+A bias-free ReLU MLP 64-16-16-10 on scikit-learn digits (quick scale) or on Fashion-MNIST
+average-pooled to 8×8 (full scale; ``--data`` images likewise, the input width taken from the
+data: 3·64 for CIFAR-10) with PyTorch's initial weights scaled by ``α``: on random
+``d``-dimensional subspaces, ``Tr(H_d)/‖H_d‖_F`` and the fraction of positive eigenvalues of
+``H_d = Mᵀ H M`` (``docs/science.md``, "Goldilocks measure"), per ``α``; and the same network
+trained inside random hyperplanes (reported, not asserted). The paper claim is a rule, not a
+fitted number: the maximum over the ``α`` grid lies at an interior ``α``, above both ends. The
+levels and the ``α`` range of the peak measured on digits are ``regression`` guards (quick
+scale only: they were not measured on other data).
 """
 
 from __future__ import annotations
@@ -51,21 +54,42 @@ def _xy(name: str, title: str, xlabel: str, ylabel: str, series: list, **kw) -> 
     return Figure(name, title, xlabel, ylabel, series=series, **kw)
 
 
-def goldilocks_net(alpha: float, ctx: Context, dtype: torch.dtype) -> nn.Module:
-    """Bias-free ReLU MLP 64-16-16-10 (D = 1440) with PyTorch's initial weights ×α."""
+def goldilocks_net(alpha: float, ctx: Context, dtype: torch.dtype, in_features: int = 64) -> nn.Module:
+    """Bias-free ReLU MLP ``in_features``-16-16-10 (D = 1440 for 64 inputs) with PyTorch's initial weights ×α."""
     return build_model(
-        "mlp", in_features=64, widths=(16, 16), num_classes=C, bias=False, init_scale=alpha, seed=ctx.seed, dtype=dtype
-    ).to(ctx.device)
+        "mlp", in_features=in_features, widths=(16, 16), num_classes=C, bias=False, init_scale=alpha, seed=ctx.seed,
+        dtype=dtype,
+    ).to(ctx.device)  # fmt: skip
+
+
+def gold_data(ctx: Context, s: Settings, split: str, size: int | None, dtype: torch.dtype = F64):
+    """The Goldilocks images: digits (quick), or ``ctx.image_data()`` pooled to ``s.gold_image_size``² (full).
+
+    ``size``: a class-balanced subset of this many samples (``None``: the whole split).
+    """
+    if s.gold_data == "digits":
+        return load_dataset("digits", dtype=dtype)
+    return load_dataset(ctx.image_data(), split=split, size=s.gold_image_size, flatten=True, subset=size,
+                        seed=ctx.seed, dtype=dtype)  # fmt: skip
+
+
+def gold_label(s: Settings, ctx: Context) -> str:
+    """Network and data of the Goldilocks runs, for titles."""
+    if s.gold_data == "digits":
+        return "64-16-16-10, digits"
+    return f"{ctx.image_data()} {s.gold_image_size}×{s.gold_image_size}"
 
 
 def measure_goldilocks(run: RunDir, ctx: Context, s: Settings) -> dict:
-    """``Tr(H_d)/‖H_d‖_F`` and the positive fraction of ``H_d`` on random subspaces, per init scale α (digits)."""
-    data = load_dataset("digits", dtype=F64).to(device=ctx.device)
+    """``Tr(H_d)/‖H_d‖_F`` and the positive fraction of ``H_d`` on random subspaces, per init scale α."""
+    data = gold_data(ctx, s, "train", s.gold_samples).to(device=ctx.device)
+    width, digits = int(data.x[0].numel()), s.gold_data == "digits"
     rows, status = [], {}
     for a in s.alphas:
 
         def measure(a=a) -> dict:
-            H = Hessian(goldilocks_net(a, ctx, F64), nn.CrossEntropyLoss(), batches(data), strategy="vmap")
+            net = goldilocks_net(a, ctx, F64, width)
+            H = Hessian(net, nn.CrossEntropyLoss(), batches(data), **({"strategy": "vmap"} if digits else {}))
             res = [goldilocks(H, s.gold_dim, seed=1000 * ctx.seed + j) for j in range(s.gold_subspaces)]
             keys = ("trace_ratio", "positive_fraction", "unresolved_fraction")
             ratio, pos, unresolved = ([getattr(r, k) for r in res] for k in keys)
@@ -86,7 +110,12 @@ def measure_goldilocks(run: RunDir, ctx: Context, s: Settings) -> dict:
 
 def train_hyperplanes(run: RunDir, ctx: Context, s: Settings) -> dict:
     """Train the Goldilocks network inside random ``d``-dimensional hyperplanes, per (optimizer, α)."""
-    tr, te = train_test_split(load_dataset("digits"), 0.2, seed=ctx.seed)
+    if s.gold_data == "digits":
+        tr, te = train_test_split(load_dataset("digits"), 0.2, seed=ctx.seed)
+    else:
+        tr = gold_data(ctx, s, "train", s.plane_train_size, torch.float32)
+        te = gold_data(ctx, s, "test", s.plane_test_size, torch.float32)
+    width = int(tr.x[0].numel())
     out = {}
     for opt in s.plane_optimizers:
         cfg = TrainConfig(optimizer=opt, lr=PLANE_LR[opt], batch_size=64, epochs=s.plane_epochs, seed=ctx.seed)
@@ -95,7 +124,7 @@ def train_hyperplanes(run: RunDir, ctx: Context, s: Settings) -> dict:
             def fit(a=a, cfg=cfg) -> dict:
                 acc = []
                 for d in s.plane_dims:
-                    net = goldilocks_net(a, ctx, torch.float32)
+                    net = goldilocks_net(a, ctx, torch.float32, width)
                     _, hist = train_subspace(net, tr, d, cfg, kind="dense", seed=ctx.seed, eval_data=te)
                     acc.append([hist.final.metrics["accuracy"], hist.final.metrics["test_accuracy"]])
                 acc = torch.tensor(acc, dtype=F64).T.contiguous()
@@ -111,12 +140,12 @@ def _interior_peak(values: list[float]) -> tuple[int, bool]:
     return k, 0 < k < len(values) - 1 and values[k] > max(values[0], values[-1])
 
 
-def goldilocks_claims(run: RunDir, g: dict, s: Settings) -> None:
+def goldilocks_claims(run: RunDir, g: dict, s: Settings, label: str = "64-16-16-10, digits") -> None:
     """The zone: a peak at an interior init scale (paper); the measured levels and α range (guards)."""
     a, r, pos = g["alpha"].tolist(), g["ratio"].tolist(), g["positive"].tolist()
     small = [x for al, x in zip(a, r) if al <= 0.2]
     (k, inside), (kp, inside_p) = _interior_peak(r), _interior_peak(pos)
-    where = f"d = {s.gold_dim}, {s.gold_subspaces} random subspaces per α"
+    where = f"d = {s.gold_dim}, {s.gold_subspaces} random subspaces per α, {label}"
     st = g.get("status", {})
     _claim(
         run, "goldilocks_peak", f"Tr(H_d)/‖H_d‖_F peaks at an intermediate init scale ({where})",
@@ -130,6 +159,8 @@ def goldilocks_claims(run: RunDir, g: dict, s: Settings) -> None:
         "the maximum over the α grid is at an interior α, above both ends", inside_p, GOLD, inputs=st, kind="paper",
         paper_value=GOLDILOCKS2018["positive"],
     )  # fmt: skip
+    if s.gold_data != "digits":  # the levels below were measured on digits: no guard for other data
+        return
     _claim(
         run, "goldilocks_small_init", f"Tr(H_d)/‖H_d‖_F ≈ 0 for small initial weights ({where})",
         f"{_fmt(small)} at α ≤ 0.2", "|ratio| ≤ 0.5 for every α ≤ 0.2 (level measured here)",
@@ -165,13 +196,13 @@ def hyperplane_claims(run: RunDir, planes: dict, s: Settings) -> None:
         )  # fmt: skip
 
 
-def goldilocks_figures(run: RunDir, s: Settings) -> None:
+def goldilocks_figures(run: RunDir, s: Settings, label: str) -> None:
     """The Goldilocks measure and positive fraction vs α; hyperplane training per optimizer."""
     g = lambda key: array_ref("goldilocks", key)  # noqa: E731
     band = {"band": [g("ratio_min"), g("ratio_max")]} if s.gold_subspaces > 1 else {}
     run.figure(_xy(
         "goldilocks_ratio",
-        f"Goldilocks zone: Tr(H_d)/‖H_d‖_F, random {s.gold_dim}-dim subspaces (64-16-16-10, digits)",
+        f"Goldilocks zone: Tr(H_d)/‖H_d‖_F, random {s.gold_dim}-dim subspaces ({label})",
         "init scale α (log scale)", "Tr(H_d) / ‖H_d‖_F",
         [{"label": f"mean of {s.gold_subspaces} subspaces (band: min–max)", "x": g("alpha"), "y": g("ratio"),
           "marker": "o", **band}], logx=True, hlines=[{"y": 0.0, "label": "0 (random symmetric matrix)"}],

@@ -55,6 +55,10 @@ FORT_GANGULI2019 = {
     "class_dependence": "within one logit, a weaker secondary clustering by the input's class (same figures)",
     "confinement": "after a short initial phase the gradient lies mostly in the top-k Hessian eigenspace, k = the "
     "number of classes (Gur-Ari et al., §2 and Fig. 1: MNIST and CIFAR-10 nets)",
+    "persistence": "after the initial phase the top Hessian subspace changes slowly: the top-k subspaces at two "
+    "later times overlap strongly (Gur-Ari et al., the top-subspace overlap between times t and t')",
+    "rise_fall": "the top eigenvalue grows early in training and later falls (Fort & Ganguli, the local-geometry "
+    "properties their model explains)",
 }
 
 #: What Fort & Scherlis report for the paper claims (qualitative: their figures give curves, not one number).
