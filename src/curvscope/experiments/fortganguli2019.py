@@ -283,7 +283,7 @@ def _eig_inputs(d: dict, tag: str, mask=None) -> dict:
     """Statuses of the eigsh runs (one per snapshot, or those where ``mask`` holds) of a GMM run."""
     sts = d.get("eig_status") or ["unverified"] * len(d["epoch"])
     keep = range(len(sts)) if mask is None else [i for i, m in enumerate(mask.tolist()) if m]
-    return {f"eigsh {tag}, epoch {float(d['epoch'][i]):g}": sts[i] for i in keep}
+    return {f"eigsh {tag}, epoch {float(d['epoch'][i]):.3g}": sts[i] for i in keep}
 
 
 def _main(dyn: dict) -> str:
