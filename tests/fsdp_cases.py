@@ -5,7 +5,7 @@ import functools
 import torch
 from torch import nn
 
-from curvscope import Hessian, eigsh, spectral_density, trace
+from curvscope import Hessian, eigsh, sketched_eigh, spectral_density, trace
 from curvscope.linalg import power_iteration
 
 PROBLEMS = ("mlp", "gpt2")
@@ -47,7 +47,7 @@ def probe_vectors(D: int) -> torch.Tensor:
 
 
 def compute(A, local=lambda X: X) -> dict:
-    """Products, top-4 eigenpairs, an SLQ density and a Hutch++ trace of ``A`` (sharded or not)."""
+    """Products, top-4 eigenpairs (eigsh, two sketches), an SLQ density, a Hutch++ trace of ``A`` (sharded or not)."""
     D = A.shape[0]
     out = {"hv": A @ local(probe_vectors(D))}
     top = eigsh(A, k=4, which="LA", tol=1e-9, num_matvecs=300, seed=0)
@@ -60,6 +60,11 @@ def compute(A, local=lambda X: X) -> dict:
     power = power_iteration(A, k=2, block_size=2, num_matvecs=40, tol=1e-12, seed=0)  # 20 block steps
     out["power_eig"], out["power_res"] = power.eigenvalues, power.residuals
     out["basis_nbytes"] = torch.tensor(basis.basis_nbytes)
+    krylov = sketched_eigh(A, 4, num_matvecs=40, block_size=4, sort="value", error_probes=6, seed=0)
+    out["sketch_eig"], out["sketch_res"] = krylov.eigenvalues, krylov.residuals
+    out["sketch_err"] = torch.tensor([krylov.error_fro, krylov.norm_fro])
+    core = sketched_eigh(A, 4, method="core", num_matvecs=30, error_probes=0, residual_pairs=4, seed=0)
+    out["core_eig"], out["core_res"] = core.eigenvalues, core.residuals
     return out
 
 

@@ -35,6 +35,11 @@ REPLICATED = (
     "fd_error_top",
     "power_eig",
     "power_res",
+    "sketch_eig",
+    "sketch_res",
+    "sketch_err",
+    "core_eig",
+    "core_res",
 )
 
 
@@ -63,8 +68,11 @@ def test_sharded_equals_single_process(tmp_path, name, method, world):
     assert g["method"] == method and g["restored"] and g["grads_untouched"]
     sign = torch.sign((g["vectors"] * want["vectors"]).sum(0))
     if method == "exact":
-        for key in ("hv", "eig", "slq_nodes", "slq_weights", "trace", "power_eig"):
+        for key in ("hv", "eig", "slq_nodes", "slq_weights", "trace", "power_eig", "sketch_eig", "sketch_err"):
             close(g[key], want[key], 1e-10)
+        close(g["core_eig"], want["core_eig"], 1e-8)  # least-squares core solves: cond(ΨQ)·round-off
+        close(g["core_res"], want["core_res"], 1e-8)
+        close(g["sketch_res"], want["sketch_res"], 1e-8)
         close(g["power_res"], want["power_res"], 1e-8)  # residuals of unconverged iterates: ‖A‖-relative
         close(g["vectors"] * sign, want["vectors"], 1e-8)  # eigenvectors: residual/gap
         assert bool(g["converged"].all()) and bool((g["res"] <= g["tol"] * g["anorm"]).all())
@@ -82,6 +90,10 @@ def test_sharded_equals_single_process(tmp_path, name, method, world):
             mu = (g["slq_weights"] * g["slq_nodes"] ** j).sum(1)
             ref = (want["slq_weights"] * want["slq_nodes"] ** j).sum(1)
             assert bool(((mu - ref).abs() <= j * noise * anorm**j).all()), j
+        # sketches: Ritz values of a perturbed Krylov space; each eigenvalue within its residual plus noise·‖A‖
+        for key in ("sketch", "core"):
+            gap = (g[f"{key}_eig"] - want[f"{key}_eig"]).abs()
+            assert bool((gap <= g[f"{key}_res"] + want[f"{key}_res"] + 40 * noise * anorm).all()), (key, gap)
         # Hutch++: 9 products of unit-scale vectors, each off by at most noise·‖A‖·‖z‖² (‖z‖² ≤ D)
         assert abs(float(g["trace"] - want["trace"])) <= noise * anorm * want["hv"].shape[0]
     # memory: the k=20 Krylov basis per rank is this rank's share of the single-process basis

@@ -207,7 +207,7 @@ def test_operators_without_a_space_work_on_whole_vectors():
     assert Promoted(torch.eye(2), torch.float64).space is None  # forwarded: a sharded operator stays sharded
 
 
-@pytest.mark.parametrize("algorithm", ["sketched_eigh", "power_ckpt", "xtrace", "eigsh_checkpoint", "slq_ckpt"])
+@pytest.mark.parametrize("algorithm", ["sketch_store", "power_ckpt", "xtrace", "eigsh_checkpoint", "slq_ckpt"])
 def test_algorithms_needing_whole_vectors_refuse_a_sharded_operator(tmp_path, algorithm):
     from curvscope import eigsh, sketched_eigh, spectral_density, trace
     from curvscope.linalg.power import power_iteration
@@ -219,7 +219,7 @@ def test_algorithms_needing_whole_vectors_refuse_a_sharded_operator(tmp_path, al
     A = DenseOperator(torch.diag(torch.arange(1.0, 9.0, dtype=torch.float64)))
     A.space = Sharded(8)
     calls = {
-        "sketched_eigh": lambda: sketched_eigh(A, k=2),
+        "sketch_store": lambda: sketched_eigh(A, k=2, store=tmp_path / "s"),  # runs sharded in RAM, not stored
         "power_ckpt": lambda: power_iteration(A, k=1, checkpoint=tmp_path / "p"),  # runs sharded, not checkpointed
         "xtrace": lambda: trace(A, "xtrace", 8),
         "eigsh_checkpoint": lambda: eigsh(A, k=1, checkpoint=tmp_path / "c"),

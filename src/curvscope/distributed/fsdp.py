@@ -36,7 +36,9 @@ reduce-scatter, or an inner product) until the process group's timeout
 then every survivor raises :class:`~curvscope.distributed.comm.DistributedError` saying another
 rank probably died.
 
-Not covered yet: ``sketched_eigh``, XTrace/XDiag and checkpoints refuse a
+``sketched_eigh`` (all four methods, in RAM) runs on sharded vectors too: test matrices are
+regenerated at each rank's coordinates and its small Gram matrices are summed over the ranks.
+Not covered yet: XTrace/XDiag, deflated densities, block stores and checkpoints refuse a
 sharded operator (:func:`~curvscope.linalg.space.refuse_sharded`); the metrics in
 :mod:`curvscope.metrics` take whole vectors (gather them with :func:`gather_vectors`).
 """
@@ -341,7 +343,7 @@ class ShardedCurvature:
             for _, p in self.params:
                 p.grad = None
             scale = self.world / self.total_units  # undoes the reduce-scatter's average over ranks
-            with module_mode(self.model, self.mode):
+            with module_mode(self.model, self.mode), torch.enable_grad():  # callers may run under no_grad
                 for i in range(self.max_batches):
                     mine = i < len(self.batches.data)  # a short shard repeats batch 0 with weight 0
                     loss = self.batches.sum_loss(i if mine else 0) * (scale if mine else 0.0)

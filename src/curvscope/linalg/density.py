@@ -462,7 +462,8 @@ def spectral_density(
     space = space_of(A)
     if checkpoint is not None and space.sharded:
         raise ValueError("spectral_density(checkpoint=...) is not supported for a sharded operator: drop checkpoint=")
-    wd = resolve_work_dtype(work_dtype, A.dtype, space.local_dim, keep, where, A.device, f"spectral_density({method})")
+    wd = resolve_work_dtype(work_dtype, A.dtype, space.local_dim, keep, where, A.device, f"spectral_density({method})",
+                            space=space)  # fmt: skip
     W = promote(A, wd)
     gen = make_generator(seed)
     total = num_probes * min(num_steps, D) + (range_steps if method == "kpm" and spectral_range is None else 0)

@@ -177,7 +177,8 @@ def _setup(A: Any, k: int, which: str, tol, num_matvecs, ncv, deflate, seed, sto
     ncv = min(n_eff, max(2 * k + 1, k + 32)) if ncv is None else min(int(ncv), n_eff)
     if ncv <= k and ncv < n_eff:
         raise ValueError(f"ncv={ncv} must exceed k={k} (ncv = 2k + 1 is a good choice)")
-    dtype = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, ncv + 1, storage, device, "eigsh", stacklevel=4)
+    dtype = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, ncv + 1, storage, device, "eigsh", stacklevel=4,
+                               space=space)  # fmt: skip
     tol, tol_reason = resolve_tol(tol, A, op_dtype, dtype, "eigsh", stacklevel=4)
     Qd = None if deflate is None else space.orthonormalize(deflate.to(dtype=dtype, device=device))
     budget = max(1000, 50 * ncv) if num_matvecs is None else int(num_matvecs)

@@ -421,7 +421,8 @@ def lanczos(
     m = min(int(num_steps), D)
     B0 = 1 if v0 is None or v0.ndim == 1 else v0.shape[1]
     space = space_of(A)
-    dtype = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, B0 * (m + 1), storage, device, "lanczos")
+    dtype = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, B0 * (m + 1), storage, device, "lanczos",
+                               space=space)  # fmt: skip
     A = promote(A, dtype)
     gen = make_generator(seed)
     V, single = _start_block(space, v0, gen, dtype, device)

@@ -198,7 +198,8 @@ def power_iteration(
     if not 1 <= k <= D:
         raise ValueError(f"k must be between 1 and {D}, got {k}")
     b = min(k, check_block_size(block_size) or k)
-    dtype = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, k + 2 * b, "device", device, "power_iteration")
+    dtype = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, k + 2 * b, "device", device, "power_iteration",
+                               space=space)  # fmt: skip
     tol, tol_reason = resolve_tol(tol, A, op_dtype, dtype, "power_iteration")
     gen = make_generator(seed)
     fingerprint = None if checkpoint is None else operator_fingerprint(A)

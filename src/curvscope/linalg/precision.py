@@ -93,6 +93,7 @@ def resolve_work_dtype(
     device: Any,
     what: str,
     stacklevel: int = 3,
+    space: Any = None,
 ) -> torch.dtype:
     """The dtype of the Krylov arithmetic under the one rule of this module.
 
@@ -104,6 +105,10 @@ def resolve_work_dtype(
         device: the operator's device.
         what: the algorithm, for the warning.
         stacklevel: of the warning (3: the caller of the function that calls this one).
+        space: the operator's vector space (:mod:`curvscope.linalg.space`): on sharded vectors
+            ``dim`` is this rank's length, and float64 is chosen only where every rank can hold it
+            (ranks differ in length and free memory; one computing in another dtype would
+            desynchronise the collectives).
 
     Example:
         >>> import torch
@@ -118,7 +123,10 @@ def resolve_work_dtype(
     if isinstance(work_dtype, str):
         if work_dtype != "auto":
             raise ValueError(f"work_dtype must be 'auto', None or a torch float dtype, got {work_dtype!r}")
-        if op_dtype == torch.float64 or _fits(memory.vectors_bytes(dim, count, torch.float64), storage, device):
+        fits = op_dtype == torch.float64 or _fits(memory.vectors_bytes(dim, count, torch.float64), storage, device)
+        if space is not None and space.sharded:
+            fits = not space.any(not fits)
+        if fits:
             return torch.float64
         warnings.warn(
             f"{what}: a float64 basis ({count} vectors of D={dim}) does not fit in memory, so the Krylov "

@@ -38,6 +38,11 @@ a finished block, several processes may compute ranges of blocks of a single-pas
 (:func:`sketch_measurements`) into one store, and with a ``memory_budget`` smaller than the
 sketch the work is streamed from disk (eigenvectors then come back as a
 :class:`~curvscope.linalg.blockstore.DiskMatrix`).
+
+On a sharded operator (``A.space``, e.g. FSDP: :mod:`curvscope.distributed.fsdp`) every method
+runs in RAM on each rank's rows; the eigenvectors come back sharded like the parameters and
+the eigenvalues, residuals and error estimates are identical on every rank. Block Krylov's QR
+is then CholeskyQR2 on the Gram matrix summed over the ranks (Householder QR needs whole columns).
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ from curvscope.linalg.sketch_recovery import (
     _Products,
     recover,
 )
-from curvscope.linalg.space import refuse_sharded
+from curvscope.linalg.space import space_of
 
 __all__ = ["SketchResult", "TestMatrix", "sketch_measurements", "sketched_eigh", "tail_factor"]
 
@@ -220,7 +225,8 @@ def _plan(
             f"memory_budget={memory_budget / 2**20:.2f} MiB cannot hold one product block of {b} vectors of "
             f"length {D} ({b * per_column / 2**20:.2f} MiB): pass a smaller block_size or a larger budget"
         )
-    return _Plan(method, D, k, s, passes, int(b), test_vectors, int(seed), sort, dtype, torch.device(A.device))
+    return _Plan(method, D, k, s, passes, int(b), test_vectors, int(seed), sort, dtype, torch.device(A.device),
+                 space_of(A))  # fmt: skip
 
 
 def _bytes_per_column(method: str, D: int, dtype: torch.dtype) -> int:
@@ -251,8 +257,9 @@ def _work_dtype(A: Any, work_dtype: WorkDtype, columns: int, store: Any, memory_
                 stacklevel=3,
             )
             return floor
-    where = "disk" if store is not None else "device"
-    return resolve_work_dtype(work_dtype, A.dtype, D, columns, where, A.device, "sketched_eigh")
+    where, space = "disk" if store is not None else "device", space_of(A)
+    return resolve_work_dtype(work_dtype, A.dtype, space.local_dim, columns, where, A.device, "sketched_eigh",
+                              space=space)  # fmt: skip
 
 
 def _open_store(path: Any, plan: _Plan, A: Any) -> bs.BlockStore:
@@ -288,6 +295,7 @@ def sketch_measurements(A: Any, k: int, *, store: str, blocks: range | None = No
             f"(power_iters=0) measurements can be split over processes"
         )
     _validate(A, k, method, "magnitude", test_vectors, oversampling)
+    _refuse_sharded_out_of_core(A, store, None)
     wd = _work_dtype(A, work_dtype, num_matvecs or 2 * (k + oversampling), store, None)
     plan = _plan(A, k, method, num_matvecs, oversampling, None, block_size, test_vectors, _int_seed(seed),
                  "magnitude", None, wd)  # fmt: skip
@@ -371,8 +379,8 @@ def sketched_eigh(
         ([10.0, -5.0, 3.0], 42, True)
     """
     t0 = time.perf_counter()
-    refuse_sharded(A, "sketched_eigh")
     store = _store_argument(store, checkpoint)
+    _refuse_sharded_out_of_core(A, store, memory_budget)
     if error_probes < 0 or not 0 < confidence < 1:
         raise ValueError(f"need error_probes >= 0 and 0 < confidence < 1, got {error_probes}, {confidence}")
     _validate(A, k, method, sort, test_vectors, oversampling)
@@ -409,6 +417,15 @@ def sketched_eigh(
         config=_config(plan, sort, error_probes, confidence, store, memory_budget),
         **errors,
     )
+
+
+def _refuse_sharded_out_of_core(A: Any, store: Any, memory_budget: int | None) -> None:
+    """Sharded vectors run in RAM only: the block store holds whole columns, one writer per block."""
+    if space_of(A).sharded and (store is not None or memory_budget is not None):
+        raise ValueError(
+            "sketched_eigh on a sharded operator (vectors split over ranks) runs in RAM only: drop store/checkpoint "
+            "and memory_budget (each rank already holds 1/W of every vector; lower num_matvecs or block_size to fit)"
+        )
 
 
 def _store_argument(store: Any, checkpoint: Any) -> Any:

@@ -3,6 +3,12 @@
 Internal module: the maths, references and guarantees are documented in
 :mod:`curvscope.linalg.sketch`. Every algorithm is a streamed pass structure over column
 blocks (:mod:`curvscope.linalg.blockstore`), so the same code runs in RAM and out of core.
+
+On an operator whose vectors are sharded over ranks (``A.space``, :mod:`curvscope.linalg.space`)
+each rank holds its rows of every tall block (test matrices are regenerated at its coordinates,
+so they are the rows of the single-process ones), and every small matrix formed from two tall
+blocks (Gram matrices, projections, ``QᵀAQ``, residual norms) is a sum over rows, summed over the
+ranks by ``plan.reduce``: every rank then holds the same small matrices and Ritz values.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from curvscope.linalg import blockstore as bs
 from curvscope.linalg import streamed
 from curvscope.linalg.products import check_product
 from curvscope.linalg.sampling import make_generator, probes
+from curvscope.linalg.space import LocalSpace
 
 METHODS = ("auto", "block_krylov", "nystrom", "core", "subspace")
 SORTS = ("magnitude", "value")
@@ -31,6 +38,9 @@ TILE_ROWS, TILE_COLS = 8192, 8
 # ------------------------------------------------------------------------------- test matrix
 class TestMatrix:
     """The random ``[D, s]`` test matrix of one stream, regenerated tile by tile (never stored).
+
+    With ``index`` (this rank's global coordinates, sharded vectors) its rows are ``Ω[index]``:
+    ``rows(a, b)`` and ``block(j)`` then count rows of ``index``, and only the tiles it touches are drawn.
 
     Example:
         >>> Om = TestMatrix("rademacher", 5, 3, seed=0, stream="omega", dtype=torch.float64, block_size=2)
@@ -43,11 +53,21 @@ class TestMatrix:
     __test__ = False  # not a pytest class
 
     def __init__(
-        self, kind: str, dim: int, width: int, seed: int, stream: str, dtype: torch.dtype, block_size: int = 64
+        self,
+        kind: str,
+        dim: int,
+        width: int,
+        seed: int,
+        stream: str,
+        dtype: torch.dtype,
+        block_size: int = 64,
+        index: Tensor | None = None,
     ):
         self.kind, self.dim, self.width, self.seed, self.stream, self.dtype = kind, dim, width, seed, stream, dtype
         self.widths = [min(block_size, width - c) for c in range(0, width, block_size)]
         self._b = block_size
+        self.index = None if index is None else index.to(device="cpu", dtype=torch.long)
+        self.length = dim if index is None else len(self.index)  # rows this process holds
 
     def __len__(self) -> int:
         return len(self.widths)
@@ -58,8 +78,10 @@ class TestMatrix:
         return probes(self.kind, min(TILE_ROWS, self.dim - t * TILE_ROWS), TILE_COLS, gen, torch.float64)
 
     def rows(self, start: int, stop: int, c0: int = 0, c1: int | None = None) -> Tensor:
-        """``Ω[start:stop, c0:c1]``."""
+        """``Ω[start:stop, c0:c1]`` (sharded: ``Ω[index[start:stop], c0:c1]``)."""
         c1 = self.width if c1 is None else c1
+        if self.index is not None:
+            return self._at(self.index[start:stop], c0, c1)
         out = torch.empty(stop - start, c1 - c0, dtype=torch.float64)
         for t in range(start // TILE_ROWS, (stop - 1) // TILE_ROWS + 1):
             r0 = t * TILE_ROWS
@@ -70,9 +92,22 @@ class TestMatrix:
                 out[a - start : b - start, x - c0 : y - c0] = self._tile(t, g)[a - r0 : b - r0, x - g0 : y - g0]
         return out.to(self.dtype)
 
+    def _at(self, rows: Tensor, c0: int, c1: int) -> Tensor:
+        """``Ω[rows, c0:c1]`` for arbitrary global rows, drawing each touched tile once."""
+        out = torch.empty(len(rows), c1 - c0, dtype=torch.float64)
+        tile_of = rows // TILE_ROWS
+        for t in torch.unique(tile_of).tolist():
+            mask = tile_of == t
+            local = rows[mask] - t * TILE_ROWS
+            for g in range(c0 // TILE_COLS, (c1 - 1) // TILE_COLS + 1):
+                g0 = g * TILE_COLS
+                x, y = max(c0, g0), min(c1, g0 + TILE_COLS)
+                out[mask, x - c0 : y - c0] = self._tile(t, g)[local, x - g0 : y - g0]
+        return out.to(self.dtype)
+
     def block(self, j: int) -> Tensor:
-        """Column block ``j`` ``[D, bⱼ]``."""
-        return self.rows(0, self.dim, j * self._b, j * self._b + self.widths[j])
+        """Column block ``j`` ``[D, bⱼ]`` (sharded: this rank's rows)."""
+        return self.rows(0, self.length, j * self._b, j * self._b + self.widths[j])
 
 
 # -------------------------------------------------------------------------------------- plan
@@ -89,6 +124,33 @@ class _Plan:
     sort: str
     dtype: torch.dtype
     device: torch.device
+    space: Any = None  # the operator's vector space (None: whole vectors, LocalSpace(dim))
+
+    @property
+    def local_dim(self) -> int:
+        """Rows of every tall block this process holds (``dim`` unless sharded)."""
+        return self.dim if self.space is None else self.space.local_dim
+
+    @property
+    def index(self) -> Tensor | None:
+        """This rank's global coordinates when the vectors are sharded."""
+        return self.space.index if self.space is not None and self.space.sharded else None
+
+    @property
+    def sharded(self) -> bool:
+        return self.index is not None
+
+    def reduce(self, t: Tensor) -> Tensor:
+        """A small matrix summed over the ranks that hold the other rows (identity unless sharded)."""
+        return self.space.reduce(t) if self.sharded else t
+
+    @property
+    def reducer(self):
+        """``reduce`` for :mod:`curvscope.linalg.streamed` (``None`` unless sharded)."""
+        return self.reduce if self.sharded else None
+
+    def colnorms(self, X: Tensor) -> Tensor:
+        return (self.space or LocalSpace(self.dim)).colnorms(X)
 
     def spec(self) -> dict:
         """What the stored blocks depend on (extending ``num_matvecs`` later reuses them)."""
@@ -130,18 +192,18 @@ def _iter_rows(sources: list, dim: int, budget: int | None, out_cols: int = 0, f
 
 def _output(chunks: Iterator[Tensor], plan: _Plan, width: int, path: Any) -> Tensor | bs.DiskMatrix:
     if path is None:  # filled chunk by chunk: one copy of the result in RAM
-        out, start = torch.empty(plan.dim, width, dtype=plan.dtype, device=plan.device), 0
+        out, start = torch.empty(plan.local_dim, width, dtype=plan.dtype, device=plan.device), 0
         for c in chunks:
             out[start : start + c.shape[0]] = c.to(plan.dtype)
             start += c.shape[0]
         return out
-    bs.write_rows(path, (plan.dim, width), plan.dtype, (c.to(plan.dtype) for c in chunks))
+    bs.write_rows(path, (plan.local_dim, width), plan.dtype, (c.to(plan.dtype) for c in chunks))
     return bs.DiskMatrix(path)
 
 
 # ---------------------------------------------------------------------- measurements (Y = AΩ)
 def _measure(mv: _Products, Om: Any, plan: _Plan, store: bs.BlockStore | None, prefix: str, only=None):
-    Y = bs.ColumnBlocks(plan.dim, plan.dtype, store)
+    Y = bs.ColumnBlocks(plan.local_dim, plan.dtype, store)
     for j, name in enumerate(bs.block_names(prefix, len(Om))):
         if store is not None and store.has(name):
             Y.append(name, Om.widths[j])
@@ -160,7 +222,7 @@ def _measure(mv: _Products, Om: Any, plan: _Plan, store: bs.BlockStore | None, p
 def _materialize(Y: bs.ColumnBlocks, M: Tensor, plan: _Plan, store, prefix: str, budget) -> bs.ColumnBlocks:
     """``Y M`` as column blocks of width ``b`` (the orthonormal input of the next pass)."""
     widths = [min(plan.b, M.shape[1] - c) for c in range(0, M.shape[1], plan.b)]
-    out = bs.ColumnBlocks(plan.dim, plan.dtype, store)
+    out = bs.ColumnBlocks(plan.local_dim, plan.dtype, store)
     names = bs.block_names(prefix, len(widths))
     if store is None:
         for part in streamed.apply_right(Y, M, memory_budget=budget).split(plan.b, dim=1):
@@ -174,7 +236,8 @@ def _materialize(Y: bs.ColumnBlocks, M: Tensor, plan: _Plan, store, prefix: str,
 
 
 def _omega(plan: _Plan, width: int | None = None, stream: str = "omega") -> TestMatrix:
-    return TestMatrix(plan.kind, plan.dim, plan.s if width is None else width, plan.seed, stream, plan.dtype, plan.b)
+    width = plan.s if width is None else width
+    return TestMatrix(plan.kind, plan.dim, width, plan.seed, stream, plan.dtype, plan.b, plan.index)
 
 
 # ------------------------------------------------------------------------------- recoveries
@@ -182,14 +245,15 @@ def _nystrom(mv, plan: _Plan, store, budget, out_path):
     Om: Any = _omega(plan)
     Y = _measure(mv, Om, plan, store, "y0")
     for i in range(1, plan.passes):  # power iterations: Ω ← orth(A^i Ω)
-        Om = _materialize(Y, streamed.orthonormalize(Y, budget), plan, store, f"o{i}", budget)
+        Om = _materialize(Y, streamed.orthonormalize(Y, budget, reduce=plan.reducer), plan, store, f"o{i}", budget)
         Y = _measure(mv, Om, plan, store, f"y{i}")
     s = Y.width
     G, Mo, P = (torch.zeros(s, s, dtype=torch.float64) for _ in range(3))
-    for _, _, (y, o) in _iter_rows([Y, Om], plan.dim, budget, fixed=24 * s * s):
+    for _, _, (y, o) in _iter_rows([Y, Om], plan.local_dim, budget, fixed=24 * s * s):
         G += y.T @ y
         Mo += o.T @ y
         P += o.T @ o
+    G, Mo, P = (plan.reduce(X) for X in (G, Mo, P))
     eps = max(torch.finfo(plan.dtype).eps, torch.finfo(mv.op_dtype).eps)  # the products' round-off counts too
     nu = math.sqrt(plan.dim) * eps * math.sqrt(G.trace().item() / max(P.trace().item(), 1e-300))
     w, U = torch.linalg.eigh((Mo + Mo.T) / 2 + nu * P)
@@ -210,7 +274,7 @@ def _nystrom(mv, plan: _Plan, store, budget, out_path):
     kk = min(plan.k, r)
     N = L @ V2[:, :kk] / sig2[:kk].sqrt()
     V = _output(
-        (y @ N + nu * (o @ N) for _, _, (y, o) in _iter_rows([Y, Om], plan.dim, budget, kk)), plan, kk, out_path
+        (y @ N + nu * (o @ N) for _, _, (y, o) in _iter_rows([Y, Om], plan.local_dim, budget, kk)), plan, kk, out_path
     )
     return lam[:kk], V, None, status, message
 
@@ -220,18 +284,19 @@ def _core(mv, plan: _Plan, store, budget, out_path):
     Y = _measure(mv, Om, plan, store, "y0")
     r = plan.s // 2
     Y1 = Y.head(r)
-    M = streamed.orthonormalize(Y1, budget)
+    M = streamed.orthonormalize(Y1, budget, reduce=plan.reducer)
     YtO, PsiY = torch.zeros(r, plan.s, dtype=torch.float64), torch.zeros(plan.s, plan.s, dtype=torch.float64)
-    for _, _, (y, o, ps) in _iter_rows([Y, Om, Psi], plan.dim, budget, fixed=16 * plan.s**2):
+    for _, _, (y, o, ps) in _iter_rows([Y, Om, Psi], plan.local_dim, budget, fixed=16 * plan.s**2):
         YtO += y[:, :r].T @ o
         PsiY += ps.T @ y
+    YtO, PsiY = plan.reduce(YtO), plan.reduce(PsiY)
     PsiQ, QtO = PsiY[:, :r] @ M, M.T @ YtO
     C = torch.linalg.lstsq(PsiQ, PsiY, driver="gelsd").solution  # [r', s]
     C = torch.linalg.lstsq(QtO.T, C.T, driver="gelsd").solution.T  # [r', r']
     theta, S = torch.linalg.eigh((C + C.T) / 2)
     idx = _select(theta, plan.k, plan.sort)
     N = M @ S[:, idx]
-    V = _output((y @ N for _, _, (y,) in _iter_rows([Y1], plan.dim, budget, len(idx))), plan, len(idx), out_path)
+    V = _output((y @ N for _, _, (y,) in _iter_rows([Y1], plan.local_dim, budget, len(idx))), plan, len(idx), out_path)
     status = Status.COMPLETED if M.shape[1] >= plan.k else Status.RANK_DEFICIENT
     return theta[idx], V, None, status, ""
 
@@ -244,13 +309,13 @@ def _ritz_from(Q, W, T, plan: _Plan, budget, out_path):
     res2 = torch.zeros(len(idx), dtype=torch.float64)
 
     def chunks():
-        for _, _, (q, w) in _iter_rows([Q, W], plan.dim, budget, 2 * len(idx)):
+        for _, _, (q, w) in _iter_rows([Q, W], plan.local_dim, budget, 2 * len(idx)):
             v = q @ Ss
             res2.add_(((w @ Ss - v * th) ** 2).sum(0))
             yield v
 
     V = _output(chunks(), plan, len(idx), out_path)
-    return th, V, res2.sqrt()
+    return th, V, plan.reduce(res2).sqrt()
 
 
 def _subspace(mv, plan: _Plan, store, budget, out_path):
@@ -258,13 +323,53 @@ def _subspace(mv, plan: _Plan, store, budget, out_path):
     for i in range(plan.passes):
         W = _measure(mv, Om, plan, store, f"w{i}")
         if i < plan.passes - 1:
-            Om = _materialize(W, streamed.orthonormalize(W, budget), plan, store, f"q{i + 1}", budget)
+            M = streamed.orthonormalize(W, budget, reduce=plan.reducer)
+            Om = _materialize(W, M, plan, store, f"q{i + 1}", budget)
     T = torch.zeros(Om.width, Om.width, dtype=torch.float64)
-    for _, _, (q, w) in _iter_rows([Om, W], plan.dim, budget, fixed=8 * Om.width**2):
+    for _, _, (q, w) in _iter_rows([Om, W], plan.local_dim, budget, fixed=8 * Om.width**2):
         T += q.T @ w
+    T = plan.reduce(T)
     lam, V, res = _ritz_from(Om, W, T, plan, budget, out_path)
     status = Status.COMPLETED if Om.width >= plan.k else Status.RANK_DEFICIENT
     return lam, V, res, status, ""
+
+
+def _semidefinite_cholesky(G: Tensor, tol: float) -> Tensor:
+    """Upper ``R`` with ``RᵀR = G`` on the columns whose remaining norm exceeds ``tol`` (their rows are 0 otherwise)."""
+    b = G.shape[0]
+    R = torch.zeros_like(G)
+    for j in range(b):
+        d = (G[j, j] - (R[:j, j] ** 2).sum()).item()
+        if d <= tol**2:
+            continue  # column j lies (numerically) in the span of the earlier ones
+        R[j, j] = math.sqrt(d)
+        R[j, j + 1 :] = (G[j, j + 1 :] - R[:j, j] @ R[:j, j + 1 :]) / R[j, j]
+    return R
+
+
+def _qr(W: Tensor, plan: _Plan, anorm: float) -> tuple[Tensor, Tensor]:
+    """``W = Q R``, ``Q`` orthonormal: Householder on whole vectors, CholeskyQR2 on sharded ones.
+
+    Sharded rows admit no Householder QR, but the Gram matrix is a sum over the ranks (CholeskyQR2,
+    Yamamoto et al. 2015). A Gram matrix resolves a column's remaining norm only above
+    ``√eps·‖W‖``, so below that (or ``100·eps·anorm``) a column counts as rank deficient: its row of
+    ``R`` and its column of ``Q`` are zero, which :func:`_bcgs2` replaces by a random direction.
+    """
+    if not plan.sharded:
+        return torch.linalg.qr(W)
+    eps = torch.finfo(W.dtype).eps
+    Q, R = W, torch.eye(W.shape[1], dtype=torch.float64)
+    for _ in range(2):
+        G = plan.reduce(Q.T @ Q).double()
+        tol = max(100 * eps * anorm, 10 * math.sqrt(eps) * G.diagonal().max().clamp(min=0).sqrt().item())
+        Rp = _semidefinite_cholesky((G + G.T) / 2, tol)
+        good = Rp.diagonal() > 0
+        Qn = torch.zeros_like(Q)
+        if good.any():
+            Rg = Rp[good][:, good]
+            Qn[:, good] = torch.linalg.solve_triangular(Rg.to(Q.dtype), Q[:, good], upper=True, left=False)
+        Q, R = Qn, Rp @ R
+    return Q, R.to(W.dtype)
 
 
 def _bcgs2(W: Tensor, Q: Any, anorm: float, plan: _Plan, step: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -272,25 +377,25 @@ def _bcgs2(W: Tensor, Q: Any, anorm: float, plan: _Plan, step: int) -> tuple[Ten
 
     Rank-deficient columns of the projected block are replaced by random directions; ``R`` keeps the relation.
     """
-    W1, C1 = streamed.project_out(W, Q)
-    Q1, R1 = torch.linalg.qr(W1)
+    W1, C1 = streamed.project_out(W, Q, plan.reducer)
+    Q1, R1 = _qr(W1, plan, anorm)
     bad = R1.diagonal().abs() <= 100 * torch.finfo(plan.dtype).eps * anorm
     if bad.any():
         nb = int(bad.sum())
-        Z = TestMatrix("gaussian", plan.dim, nb, plan.seed, f"restart{step}", plan.dtype, nb).block(0)
+        Z = TestMatrix("gaussian", plan.dim, nb, plan.seed, f"restart{step}", plan.dtype, nb, plan.index).block(0)
         for _ in range(2):
-            Z = streamed.project_out(Z.to(W.device), Q)[0]
+            Z = streamed.project_out(Z.to(W.device), Q, plan.reducer)[0]
         W1b = W1.clone()
-        W1b[:, bad] = Z / Z.norm(dim=0) * anorm
-        Q1 = torch.linalg.qr(W1b)[0]
-        R1 = Q1.T @ W1
-    W2, C2 = streamed.project_out(Q1, Q)
-    Q2, R2 = torch.linalg.qr(W2)
+        W1b[:, bad] = Z / plan.colnorms(Z) * anorm
+        Q1 = _qr(W1b, plan, anorm)[0]
+        R1 = plan.reduce(Q1.T @ W1)
+    W2, C2 = streamed.project_out(Q1, Q, plan.reducer)
+    Q2, R2 = _qr(W2, plan, anorm)
     return Q2, C1 + C2 @ R1, R2 @ R1
 
 
 def _block_krylov(mv, plan: _Plan, store, budget, out_path):
-    D, b, n, dt, dev = plan.dim, plan.b, plan.s, plan.dtype, plan.device
+    D, b, n, dt, dev = plan.local_dim, plan.b, plan.s, plan.dtype, plan.device
     m = n // b
     itemsize = torch.empty((), dtype=dt).element_size()
     in_core = store is None or budget is None or D * n * itemsize + D * b * (8 + 8 * itemsize) <= budget
@@ -301,7 +406,7 @@ def _block_krylov(mv, plan: _Plan, store, budget, out_path):
     if store is not None and store.has(names[0]):
         Qj = store.load(names[0]).to(dev)
     else:
-        Qj = torch.linalg.qr(_omega(plan, b, "krylov").block(0).to(dev))[0]
+        Qj = _qr(_omega(plan, b, "krylov").block(0).to(dev), plan, 0.0)[0]
         if store is not None:
             store.save(names[0], Qj.cpu())
     anorm = 0.0
@@ -316,7 +421,7 @@ def _block_krylov(mv, plan: _Plan, store, budget, out_path):
             Qj, C, R, anorm = saved["data"].to(dev), saved["c"], saved["r"], saved["anorm"].item()
         else:
             W = mv(Qj.contiguous())
-            anorm = max(anorm, W.norm(dim=0).max().item())
+            anorm = max(anorm, plan.colnorms(W).max().item())
             Qj, C, R = _bcgs2(W, basis, anorm, plan, j)
             if store is not None:
                 store.save(names[j + 1], {"data": Qj.cpu(), "c": C.cpu(), "r": R.cpu(), "anorm": torch.tensor(anorm)})

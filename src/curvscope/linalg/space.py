@@ -54,6 +54,10 @@ class LocalSpace:
         """Sum of ``t`` over the processes that share the vectors (here: ``t`` itself)."""
         return t
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any process that shares the vectors (a choice every rank must make alike)."""
+        return bool(self.reduce(torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)).item() > 0)
+
     def inner(self, A: Tensor, B: Tensor) -> Tensor:
         """``Aᵀ B`` for ``[d, m]`` and ``[d, k]`` blocks (``[m, k]``), or ``a·b`` for vectors."""
         return self.reduce(A @ B if A.ndim == 1 else A.T @ B)
@@ -159,6 +163,6 @@ def refuse_sharded(A: Any, what: str) -> None:
     if space_of(A).sharded:
         raise ValueError(
             f"{what} does not support a sharded operator yet (its vectors are split over ranks): use eigsh "
-            f"(top/bottom eigenpairs), power_iteration, spectral_density(method='slq' or 'kpm') or "
-            f"trace(method='hutchinson' or 'hutch++'), which run on sharded vectors"
+            f"(top/bottom eigenpairs), sketched_eigh (in RAM), power_iteration, spectral_density(method='slq' or "
+            f"'kpm') or trace(method='hutchinson' or 'hutch++'), which run on sharded vectors"
         )

@@ -11,6 +11,10 @@ plus the ``n × n`` float64 matrices, with ``rows`` chosen from half of ``memory
 Measured (D = 4·10⁵, a 610 MiB sketch, ``memory_budget`` = 200 MiB, core sketch): peak RSS
 140 MiB above the process baseline with ``MALLOC_MMAP_THRESHOLD_=1048576``; 245 MiB with
 glibc's default dynamic threshold, which keeps freed chunks of up to 32 MiB in the heap.
+
+Every product of two tall blocks here is a sum over rows, so on vectors sharded over ranks
+(:class:`~curvscope.linalg.space.ShardedSpace`) the same code runs on each rank's rows and the
+small result is summed over the ranks: pass ``reduce=space.reduce`` (default: nothing to sum).
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ import torch
 from torch import Tensor
 
 from curvscope.linalg.blockstore import ColumnBlocks, DiskMatrix, bytes_per_entry, row_chunks, write_rows
+
+Reduce = Callable[[Tensor], Tensor] | None
+
+
+def _reduced(t: Tensor, reduce: Reduce) -> Tensor:
+    """``t`` summed over the ranks that hold the other rows (``reduce=None``: this process holds them all)."""
+    return t if reduce is None else reduce(t)
 
 
 def stream(
@@ -37,8 +48,8 @@ def stream(
         visit(s, e, Y.rows(s, e).double())
 
 
-def gram(Y: ColumnBlocks, memory_budget: int | None = None) -> Tensor:
-    """``YᵀY`` ``[n, n]`` in float64, accumulated over row chunks.
+def gram(Y: ColumnBlocks, memory_budget: int | None = None, reduce: Reduce = None) -> Tensor:
+    """``YᵀY`` ``[n, n]`` in float64, accumulated over row chunks (and over ranks with ``reduce``).
 
     Example:
         >>> Y = ColumnBlocks(3, torch.float64); Y.append(torch.eye(3, 2, dtype=torch.float64))
@@ -51,6 +62,7 @@ def gram(Y: ColumnBlocks, memory_budget: int | None = None) -> Tensor:
         G.add_(rows.T @ rows)
 
     stream(Y, visit, memory_budget, fixed_bytes=8 * Y.width**2)
+    G = _reduced(G, reduce)
     return (G + G.T) / 2
 
 
@@ -62,7 +74,9 @@ def _svqb(G: Tensor, rtol: float) -> Tensor:
     return U[:, keep].flip(1) / evals[keep].flip(0).sqrt()
 
 
-def orthonormalize(Y: ColumnBlocks, memory_budget: int | None = None, rtol: float | None = None) -> Tensor:
+def orthonormalize(
+    Y: ColumnBlocks, memory_budget: int | None = None, rtol: float | None = None, reduce: Reduce = None
+) -> Tensor:
     """Out-of-core orthonormalisation: ``M`` ``[n, r]`` with ``Q = Y M`` orthonormal and ``range(Q) ≈ range(Y)``.
 
     SVQB twice (CholeskyQR2 with an eigendecomposition, Stathopoulos & Wu 2002): pass 1
@@ -75,6 +89,7 @@ def orthonormalize(Y: ColumnBlocks, memory_budget: int | None = None, rtol: floa
         memory_budget: working bytes per pass (default :data:`DEFAULT_WORKING_BYTES`).
         rtol: relative singular value below which a direction is dropped (default:
             ``100·eps`` of the block dtype, at least ``10·sqrt(eps₆₄)``).
+        reduce: sums a small matrix over the ranks when ``Y``'s rows are sharded.
 
     Example:
         >>> Y = ColumnBlocks(4, torch.float64)
@@ -86,7 +101,7 @@ def orthonormalize(Y: ColumnBlocks, memory_budget: int | None = None, rtol: floa
     """
     if rtol is None:
         rtol = max(100 * torch.finfo(Y.dtype).eps, 10 * torch.finfo(torch.float64).eps ** 0.5)
-    M = _svqb(gram(Y, memory_budget), rtol)
+    M = _svqb(gram(Y, memory_budget, reduce), rtol)
     G2 = torch.zeros(M.shape[1], M.shape[1], dtype=torch.float64)
 
     def visit(s: int, e: int, rows: Tensor) -> None:
@@ -94,6 +109,7 @@ def orthonormalize(Y: ColumnBlocks, memory_budget: int | None = None, rtol: floa
         G2.add_(Q.T @ Q)
 
     stream(Y, visit, memory_budget, extra_bytes_per_row=8 * M.shape[1], fixed_bytes=16 * Y.width**2)
+    G2 = _reduced(G2, reduce)
     return M @ _svqb((G2 + G2.T) / 2, rtol)
 
 
@@ -125,11 +141,12 @@ def apply_right(
     return DiskMatrix(out) if isinstance(out, (str, os.PathLike)) else None
 
 
-def project_out(W: Tensor, Q: ColumnBlocks | Tensor | None) -> tuple[Tensor, Tensor]:
+def project_out(W: Tensor, Q: ColumnBlocks | Tensor | None, reduce: Reduce = None) -> tuple[Tensor, Tensor]:
     """One Gram–Schmidt pass against an orthonormal ``Q``: ``(W − Q C, C)``.
 
     A tensor ``Q`` is projected classically (``C = QᵀW``, two matrix products); column blocks
-    (possibly on disk) by block modified Gram–Schmidt, reading every block once.
+    (possibly on disk) by block modified Gram–Schmidt, reading every block once. With rows
+    sharded over ranks, ``reduce`` sums each ``C`` over them before it is applied.
 
     Example:
         >>> Q = torch.eye(3, 1, dtype=torch.float64)
@@ -140,12 +157,12 @@ def project_out(W: Tensor, Q: ColumnBlocks | Tensor | None) -> tuple[Tensor, Ten
     if Q is None or (isinstance(Q, ColumnBlocks) and len(Q) == 0) or (isinstance(Q, Tensor) and Q.shape[1] == 0):
         return W, torch.empty(0, W.shape[1], dtype=W.dtype, device=W.device)
     if isinstance(Q, Tensor):
-        C = _t_matmul(Q, W)
+        C = _reduced(_t_matmul(Q, W), reduce)
         return W - Q @ C, C
     Cs = []
     for j in range(len(Q)):
         Qj = Q.block(j).to(W.device)
-        Cs.append(_t_matmul(Qj, W))
+        Cs.append(_reduced(_t_matmul(Qj, W), reduce))
         W = W - Qj @ Cs[-1]
     return W, torch.cat(Cs, dim=0)
 

@@ -199,7 +199,7 @@ def _setup(A, method, num_matvecs, seed, block_size, progress, checkpoint, work_
             f"{what}: a sharded operator supports method='hutchinson' or 'hutch++' without checkpoint= "
             f"(XTrace/XDiag need a QR factor R of sharded vectors, not implemented), got method={method!r}"
         )
-    wd = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, 2 * num_matvecs, "device", device, what)
+    wd = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, 2 * num_matvecs, "device", device, what, space=space)
     W = promote(A, wd)
     gen = make_generator(seed)
     config = {"what": what, "method": method, "D": D, "num_matvecs": num_matvecs, "probe": probe,
