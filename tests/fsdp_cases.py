@@ -7,6 +7,7 @@ from torch import nn
 
 from curvscope import Hessian, eigsh, sketched_eigh, spectral_density, trace
 from curvscope.linalg import power_iteration
+from curvscope.metrics import gradient_confinement, mask_overlap, subspace_overlap
 
 PROBLEMS = ("mlp", "gpt2")
 
@@ -65,6 +66,15 @@ def compute(A, local=lambda X: X) -> dict:
     out["sketch_err"] = torch.tensor([krylov.error_fro, krylov.norm_fro])
     core = sketched_eigh(A, 4, method="core", num_matvecs=30, error_probes=0, residual_pairs=4, seed=0)
     out["core_eig"], out["core_res"] = core.eigenvalues, core.residuals
+    # metrics from inner products of sharded vectors (each rank passes its rows and the space)
+    space = getattr(A, "space", None)
+    mask = local(torch.arange(D)[:, None] % 7 == 0)[:, 0]  # a fixed coordinate mask, cut to this rank's rows
+    out["metrics"] = torch.tensor([
+        subspace_overlap(top.eigenvectors, krylov.eigenvectors, space=space).value,
+        subspace_overlap(top.eigenvectors[:, :2], local(probe_vectors(D)), space=space).value,
+        mask_overlap(mask, top.eigenvectors, space=space).value,
+        gradient_confinement(local(probe_vectors(D))[:, 0], top.eigenvectors, space=space).value,
+    ], dtype=torch.float64)  # fmt: skip
     return out
 
 

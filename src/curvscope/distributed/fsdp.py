@@ -39,8 +39,9 @@ rank probably died.
 ``sketched_eigh`` (all four methods, in RAM) runs on sharded vectors too: test matrices are
 regenerated at each rank's coordinates and its small Gram matrices are summed over the ranks.
 Not covered yet: XTrace/XDiag, deflated densities, block stores and checkpoints refuse a
-sharded operator (:func:`~curvscope.linalg.space.refuse_sharded`); the metrics in
-:mod:`curvscope.metrics` take whole vectors (gather them with :func:`gather_vectors`).
+sharded operator (:func:`~curvscope.linalg.space.refuse_sharded`). The overlap metrics of
+:mod:`curvscope.metrics` take each rank's rows with ``space=A.space``; for anything that needs
+whole vectors, gather them with :func:`gather_vectors`.
 """
 
 from __future__ import annotations

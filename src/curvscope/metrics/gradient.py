@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from curvscope.linalg.results import FloatResult
-from curvscope.metrics.overlap import orthonormal_basis, subspace_overlap
+from curvscope.linalg.space import LocalSpace
+from curvscope.metrics.overlap import as_basis, subspace_overlap
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,13 +42,16 @@ class Confinement(FloatResult):
     chance: float
 
 
-def gradient_confinement(g: Tensor, V: Tensor, orthonormalize: bool = True) -> Confinement:
+def gradient_confinement(
+    g: Tensor, V: Tensor, orthonormalize: bool = True, space: LocalSpace | None = None
+) -> Confinement:
     """Fraction ``‖Vᵀg‖² / ‖g‖²`` of a gradient (or of each of many) in ``span(V)``.
 
     Args:
         g: one gradient ``[D]`` or many as columns ``[D, B]`` (e.g. one per mini-batch).
         V: basis ``[D, k]`` of the subspace (e.g. the top-``k`` Hessian eigenvectors).
         orthonormalize: orthonormalise ``V`` first (skip only for a known orthonormal basis).
+        space: the vector space of sharded vectors (``A.space``): ``g`` and ``V`` are this rank's rows.
 
     Returns:
         A :class:`Confinement`: ``value`` is the fraction (one gradient) or the mean fraction
@@ -65,16 +69,17 @@ def gradient_confinement(g: Tensor, V: Tensor, orthonormalize: bool = True) -> C
         >>> gradient_confinement(G, V).fractions.tolist()
         [1.0, 0.5]
     """
-    V = orthonormal_basis(V) if orthonormalize else V
+    sp = LocalSpace(V.shape[0]) if space is None else space
+    V = as_basis(V, orthonormalize, space)
     G = g[:, None] if g.ndim == 1 else g
     if G.ndim != 2 or G.shape[0] != V.shape[0]:
         raise ValueError(f"gradients must be [{V.shape[0]}] or [{V.shape[0]}, B], got {tuple(g.shape)}")
     G = G.to(V.dtype)
-    norm2 = (G**2).sum(0)
+    norm2 = sp.reduce((G**2).sum(0))
     if (norm2 == 0).any():
         raise ValueError("a gradient is exactly zero: its fraction in a subspace is undefined")
-    frac = (((V.T @ G) ** 2).sum(0) / norm2).double().cpu()
-    k, D = V.shape[1], V.shape[0]
+    frac = ((sp.inner(V, G) ** 2).sum(0) / norm2).double().cpu()
+    k, D = V.shape[1], sp.dim
     return Confinement(frac.mean().item(), frac, k, D, k / D)
 
 
@@ -90,18 +95,20 @@ def confinement_chance(k: int, D: int) -> float:
     return k / D
 
 
-def subspace_persistence(bases: Sequence[Tensor]) -> Tensor:
+def subspace_persistence(bases: Sequence[Tensor], space: LocalSpace | None = None) -> Tensor:
     """Pairwise overlaps ``[T, T]`` of the top subspaces of ``T`` snapshots (1 on the diagonal).
+
+    ``space``: the vector space of sharded bases (each rank passes its rows; see :func:`subspace_overlap`).
 
     Example:
         >>> e = torch.eye(4, dtype=torch.float64)
         >>> subspace_persistence([e[:, :2], e[:, 1:3], e[:, 2:]]).tolist()
         [[1.0, 0.5, 0.0], [0.5, 1.0, 0.5], [0.0, 0.5, 1.0]]
     """
-    Qs = [orthonormal_basis(B) for B in bases]
+    Qs = [as_basis(B, True, space) for B in bases]
     T = len(Qs)
     out = torch.eye(T, dtype=torch.float64)
     for i in range(T):
         for j in range(i + 1, T):
-            out[i, j] = out[j, i] = subspace_overlap(Qs[i], Qs[j], orthonormalize=False)
+            out[i, j] = out[j, i] = subspace_overlap(Qs[i], Qs[j], orthonormalize=False, space=space)
     return out

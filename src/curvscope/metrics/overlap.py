@@ -16,6 +16,10 @@ order): :func:`magnitude_mask` (global or per layer), :func:`best_mask` (the ``k
 ``Q`` with the largest norms: the highest overlap any ``k``-mask can reach),
 :func:`random_mask`, :func:`layer_matched_random_mask` (same count per layer as a given mask:
 the control that separates "large weights" from "which layers"), :func:`mask_iou`.
+
+Vectors sharded over ranks (FSDP, :mod:`curvscope.distributed.fsdp`): pass the operator's
+``space=A.space`` and each rank's rows (``[d_local, k]`` bases, ``[d_local]`` masks); the
+inner products are summed over the ranks and every rank obtains the same overlap.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import Tensor
 
 from curvscope.common import SeedLike, make_generator
 from curvscope.linalg.results import FloatResult
+from curvscope.linalg.space import LocalSpace
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,16 +143,41 @@ def orthonormal_basis(Q: Tensor, rtol: float | None = None) -> Tensor:
     return U[:, keep]
 
 
-def _basis(Q: Tensor, orthonormalize: bool) -> Tensor:
-    return orthonormal_basis(Q) if orthonormalize else (Q[:, None] if Q.ndim == 1 else Q)
+def as_basis(Q: Tensor, orthonormalize: bool, space: LocalSpace | None = None) -> Tensor:
+    """``Q`` as ``[D, k]`` columns, orthonormalised on request (sharded rows: :func:`sharded_basis`)."""
+    if space is None or not space.sharded:
+        return orthonormal_basis(Q) if orthonormalize else (Q[:, None] if Q.ndim == 1 else Q)
+    return sharded_basis(Q, space) if orthonormalize else (Q[:, None] if Q.ndim == 1 else Q)
 
 
-def subspace_overlap(Q1: Tensor, Q2: Tensor, orthonormalize: bool = True) -> Overlap:
+def sharded_basis(Q: Tensor, space: LocalSpace) -> Tensor:
+    """An orthonormal basis of a sharded ``Q`` (this rank's rows): ``Q`` when already orthonormal, else CholeskyQR2.
+
+    Not rank-revealing (a Gram matrix resolves directions only above ``√eps``): a basis whose columns are
+    (nearly) dependent is refused.
+    """
+    Q = Q[:, None] if Q.ndim == 1 else Q
+    space.check_local(Q, "a sharded basis")
+    G = space.inner(Q, Q)
+    k, eps = Q.shape[1], torch.finfo(Q.dtype).eps
+    if torch.allclose(G, torch.eye(k, dtype=G.dtype, device=G.device), atol=100 * eps * max(k, 10)):
+        return Q
+    s = torch.linalg.eigvalsh(G.double())
+    if s[0] <= 1e4 * eps * s[-1]:
+        raise ValueError(
+            f"the sharded basis is (nearly) rank deficient (Gram eigenvalues {s[0].item():.2e} .. {s[-1].item():.2e}): "
+            f"drop dependent columns or gather the vectors (gather_vectors) for a rank-revealing SVD"
+        )
+    return space.orthonormalize(Q)
+
+
+def subspace_overlap(Q1: Tensor, Q2: Tensor, orthonormalize: bool = True, space: LocalSpace | None = None) -> Overlap:
     """``‖Q₁ᵀQ₂‖_F² / min(k₁, k₂)``: 1 for nested subspaces, 0 for orthogonal ones (an :class:`Overlap`).
 
     Args:
         Q1, Q2: bases ``[D, k₁]`` and ``[D, k₂]`` (any columns spanning the subspaces).
         orthonormalize: orthonormalise the bases first (skip only for known orthonormal ones).
+        space: the vector space of sharded bases (``A.space``; each rank passes its rows).
 
     Example:
         >>> e = torch.eye(4, dtype=torch.float64)
@@ -155,12 +185,13 @@ def subspace_overlap(Q1: Tensor, Q2: Tensor, orthonormalize: bool = True) -> Ove
         >>> float(ov), ov.chance, round(subspace_overlap(e[:, :2], 3 * e[:, :2] + e[:, [1, 0]]), 12)
         (0.5, 0.5, 1.0)
     """
-    A, B = _basis(Q1, orthonormalize), _basis(Q2, orthonormalize)
+    sp = LocalSpace(Q1.shape[0]) if space is None else space
+    A, B = as_basis(Q1, orthonormalize, space), as_basis(Q2, orthonormalize, space)
     if A.shape[0] != B.shape[0]:
         raise ValueError(f"bases live in different spaces: {A.shape[0]} vs {B.shape[0]} rows")
     B = B.to(A.dtype)
-    k1, k2, D = A.shape[1], B.shape[1], A.shape[0]
-    return Overlap(((A.T @ B) ** 2).sum().item() / min(k1, k2), k1, k2, D, max(k1, k2) / D)
+    k1, k2, D = A.shape[1], B.shape[1], sp.dim
+    return Overlap((sp.inner(A, B) ** 2).sum().item() / min(k1, k2), k1, k2, D, max(k1, k2) / D)
 
 
 def principal_angles(Q1: Tensor, Q2: Tensor) -> PrincipalAngles:
@@ -189,7 +220,7 @@ def _as_mask(mask: Tensor, D: int) -> Tensor:
     return out
 
 
-def mask_overlap(mask: Tensor, Q: Tensor, orthonormalize: bool = True) -> Overlap:
+def mask_overlap(mask: Tensor, Q: Tensor, orthonormalize: bool = True, space: LocalSpace | None = None) -> Overlap:
     """Overlap of the coordinate subspace of a mask with ``span(Q)``: ``Σ_{i∈m} ‖Q[i]‖² / min(|m|, k)``.
 
     Equals :func:`subspace_overlap` of the mask's unit vectors ``{e_i}`` and ``Q``; an
@@ -199,19 +230,22 @@ def mask_overlap(mask: Tensor, Q: Tensor, orthonormalize: bool = True) -> Overla
         mask: boolean ``[D]`` or indices ``[|m|]``.
         Q: basis ``[D, k]`` (e.g. the top-``k`` Hessian eigenvectors).
         orthonormalize: orthonormalise ``Q`` first.
+        space: the vector space of a sharded ``Q`` (``A.space``): ``mask`` and ``Q`` are then this
+            rank's rows (a boolean mask ``[d_local]`` or local row indices).
 
     Example:
         >>> Q = torch.tensor([[1.0, 0.0], [0.0, 0.6], [0.0, 0.8], [0.0, 0.0]], dtype=torch.float64)
         >>> round(mask_overlap(torch.tensor([0, 2]), Q), 12)
         0.82
     """
-    Q = _basis(Q, orthonormalize)
+    sp = LocalSpace(Q.shape[0]) if space is None else space
+    Q = as_basis(Q, orthonormalize, space)
     m = _as_mask(mask, Q.shape[0])
-    size = int(m.sum())
+    size = int(sp.reduce(m.sum(dtype=torch.float64)).item())
     if size == 0:
         raise ValueError("the mask is empty")
-    k, D = Q.shape[1], Q.shape[0]
-    return Overlap((Q[m] ** 2).sum().item() / min(size, k), size, k, D, max(size, k) / D)
+    k, D = Q.shape[1], sp.dim
+    return Overlap(sp.reduce((Q[m] ** 2).sum(dtype=torch.float64)).item() / min(size, k), size, k, D, max(size, k) / D)
 
 
 def chance_overlap(D: int, k1: int, k2: int | None = None, num_samples: int = 200, seed: SeedLike = 0) -> ChanceOverlap:
