@@ -29,8 +29,8 @@ at ``N = 2000`` the final loss is 0.7–0.9, so the class structure does not col
 0, 4, 8, 20 of it); MLP 30-32-32-10 ReLU (``D = 2378``), float64; SGD lr 0.05, momentum 0.9,
 batch 64, 160 steps; SLQ with 4 probes × 40 Lanczos steps.
 
-Full (≈ 25 CPU-min on one thread; profiled on this LeNet: one SGD step 0.12 s, one product with ``H`` on
-1000 images 0.35 s, ``G`` 0.17 s, the class sums 40 s, eigsh top-9 of ``H`` 14 s): LeNet (conv 6, 16,
+Full (1215 CPU-s on one thread, 1946 s wall on a shared machine; on this LeNet one product with ``H`` on
+1000 images takes 0.35 s, ``G`` 0.17 s, the class sums 40 s, eigsh top-9 of ``H`` 14 s): LeNet (conv 6, 16,
 5×5, max-pool; fc 120, 84; ``D = 107,786``) on 28×28 Fashion-MNIST, float32, SGD lr 0.05, momentum 0.9,
 batch 128, trained on all ``N = 60000`` training images and on a class-balanced ``N = 6000`` for the
 same 938 steps (2 epochs of 60000, 20 of 6000), snapshots at epochs 0, 1, 2. The curvature operators
