@@ -33,10 +33,16 @@ SAGUN2017 = {
 
 #: What Papyan reports for the paper claims (measured on MNIST, Fashion-MNIST and CIFAR nets; figures).
 PAPYAN2019 = {
-    "outliers": "C outliers separated from the bulk, attributed to the class means of the gradients: the top "
-    "eigenspace is (nearly) spanned by the class / cross-class gradient means",
+    "count": "C outliers separated from the bulk (C = number of classes; ICML 2019 and arXiv:1811.07062, the "
+    "spectra of trained nets: C = 10 outliers for the 10-class data sets)",
+    "outliers": "the outliers are attributed to the class means of the gradients: the top eigenspace is (nearly) "
+    "spanned by the class / cross-class gradient means (ICML 2019; JMLR 2020)",
+    "H_equals_G": "the outliers of H are those of G: the residual H_res is small and contributes to the bulk, so "
+    "the top eigenpairs of H and G agree (arXiv:1811.07062, the H = G + E decomposition)",
     "mini": "C(C−1) mini-outliers between the outliers and the bulk, from the cross-class covariance term; "
     "a three-level hierarchy (outliers, mini-outliers, bulk)",
+    "rank": "G_B is a weighted sum of the C(C−1) outer products of the cross-class means δ̄_{c,c'} (c' ≠ c): "
+    "rank C(C−1) (JMLR 2020, the decomposition of G)",
 }
 
 #: What the paper reports for each paper claim (its figures give no single number to compare with).
