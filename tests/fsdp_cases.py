@@ -5,8 +5,8 @@ import functools
 import torch
 from torch import nn
 
-from curvscope import Hessian, eigsh, sketched_eigh, spectral_density, trace
-from curvscope.linalg import power_iteration
+from curvscope import Hessian, diagonal, eigsh, sketched_eigh, spectral_density, trace
+from curvscope.linalg import deflated_density, power_iteration
 from curvscope.metrics import gradient_confinement, mask_overlap, subspace_overlap
 
 PROBLEMS = ("mlp", "gpt2")
@@ -56,8 +56,15 @@ def compute(A, local=lambda X: X) -> dict:
                tol=torch.tensor(top.tol), vectors=top.eigenvectors)  # fmt: skip
     dens = spectral_density(A, "slq", num_probes=3, num_steps=10, seed=0)
     out["slq_nodes"], out["slq_weights"] = dens.nodes, dens.weights
+    # its own eigsh at a tolerance fd products resolve (tol=1e-9 above is below it): the same pairs deflated
+    deflated = deflated_density(A, num_outliers=4, num_probes=2, num_steps=8, eigsh_tol=1e-5, seed=0)
+    out["defl_k"] = torch.tensor(deflated.num_outliers)
+    out["defl_nodes"], out["defl_weights"] = deflated.nodes, deflated.weights
     basis = eigsh(A, k=20, which="LA", num_matvecs=22, residuals="ritz", seed=0)  # memory only: few products
     out["trace"] = torch.tensor(trace(A, "hutch++", 9, seed=0).estimate)
+    xt = trace(A, "xtrace", 12, seed=0)  # QR of sharded vectors: CholeskyQR2
+    out["xtrace"] = torch.tensor([xt.estimate, xt.stderr], dtype=torch.float64)
+    out["xdiag"] = diagonal(A, "xdiag", 12, seed=0).estimate  # this rank's entries
     power = power_iteration(A, k=2, block_size=2, num_matvecs=40, tol=1e-12, seed=0)  # 20 block steps
     out["power_eig"], out["power_res"] = power.eigenvalues, power.residuals
     out["basis_nbytes"] = torch.tensor(basis.basis_nbytes)

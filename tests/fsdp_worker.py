@@ -19,7 +19,7 @@ def main() -> None:
                             timeout=timedelta(seconds=15))  # fmt: skip
     from curvscope.distributed import shard_batches
     from curvscope.distributed.fsdp import ShardedCurvature, gather_vectors
-    from fsdp_cases import compute, make_problem, wrap
+    from fsdp_cases import compute, make_problem, probe_vectors, wrap
 
     model, loss_fn, batches = make_problem(name)
     model = wrap(model)
@@ -41,9 +41,12 @@ def main() -> None:
         before = [p.to_local().clone() for p in model.parameters()]
         out = compute(A, A.space.local)
         out["fd_error_top"] = torch.tensor(A.check_fd_error(out["vectors"][:, :1]))  # along the top eigenvector
+        if A.method == "fd":  # the step from global quantities: the single-process rule, not a norm-scaled one
+            out["fd_step"] = torch.tensor(A._step(A.space.local(probe_vectors(A.shape[0])[:, 0])), dtype=torch.float64)
         out["restored"] = all(torch.equal(b, p.to_local()) for b, p in zip(before, model.parameters()))
         out["grads_untouched"] = all(p.grad is None for p in model.parameters())
         out["hv"] = A.space.gather(out["hv"])
+        out["xdiag"] = A.space.gather(out["xdiag"])
         out["vectors"] = gather_vectors(out["vectors"], A.space, dst=None)
         out["fd_error"] = torch.tensor(A.fd_error if A.fd_error is not None else 0.0)
         out["local_dim"] = torch.tensor(A.space.local_dim)

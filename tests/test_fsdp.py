@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsdp_cases import single
+from fsdp_cases import make_problem, probe_vectors, single
 from test_cli import ANALYZE, cli
 from test_distributed import launch
 
@@ -41,6 +41,9 @@ REPLICATED = (
     "core_eig",
     "core_res",
     "metrics",
+    "xtrace",
+    "defl_nodes",
+    "defl_weights",
 )
 
 
@@ -63,13 +66,15 @@ def test_sharded_equals_single_process(tmp_path, name, method, world):
     assert codes == [0] * world, outs
     got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
     for r in range(1, world):  # the same scalars on every rank, bit for bit
-        for key in (*REPLICATED, "hv", "vectors"):
+        for key in (*REPLICATED, "hv", "vectors", "xdiag"):
             assert torch.equal(torch.as_tensor(got[r][key]), torch.as_tensor(got[0][key])), (r, key)
     g, want = got[0], single(name)
     assert g["method"] == method and g["restored"] and g["grads_untouched"]
+    assert int(g["defl_k"]) == int(want["defl_k"]) == 4  # every outlier certified and deflated
     sign = torch.sign((g["vectors"] * want["vectors"]).sum(0))
     if method == "exact":
-        keys = ("hv", "eig", "slq_nodes", "slq_weights", "trace", "power_eig", "sketch_eig", "sketch_err", "metrics")
+        keys = ("hv", "eig", "slq_nodes", "slq_weights", "trace", "power_eig", "sketch_eig", "sketch_err", "metrics",
+                "xtrace", "xdiag", "defl_nodes", "defl_weights")  # fmt: skip
         for key in keys:
             close(g[key], want[key], 1e-10)
         close(g["core_eig"], want["core_eig"], 1e-8)  # least-squares core solves: cond(ΨQ)·round-off
@@ -79,6 +84,13 @@ def test_sharded_equals_single_process(tmp_path, name, method, world):
         close(g["vectors"] * sign, want["vectors"], 1e-8)  # eigenvectors: residual/gap
         assert bool(g["converged"].all()) and bool((g["res"] <= g["tol"] * g["anorm"]).all())
     else:
+        from curvscope.operators.finite_difference import fd_step
+
+        model = make_problem(name)[0]
+        v = probe_vectors(want["hv"].shape[0])[:, 0]
+        sizes = [p.numel() for p in model.parameters()]
+        step = fd_step(dict(model.named_parameters()), dict(enumerate(v.split(sizes))), torch.float64)
+        assert abs(float(g["fd_step"]) - step) <= 1e-12 * step  # the single-process step (RMS of θ, not ‖θ‖)
         fe = float(g["fd_error"])
         assert 0 < fe < 1e-6 and 0 < float(g["fd_error_top"][0]) <= fe  # the recorded error is the largest seen
         noise = 10 * fe  # NOISE_FACTOR: the default tolerance's margin over the estimate
@@ -89,9 +101,11 @@ def test_sharded_equals_single_process(tmp_path, name, method, world):
         # power iteration: 20 block steps from the same start; each step's Ritz values move by ≤ noise·‖A‖
         assert bool(((g["power_eig"] - want["power_eig"]).abs() <= 20 * noise * anorm).all())
         for j in (1, 2, 3):  # quadrature moments q^T A^j q: stable under product errors (nodes alone are not)
-            mu = (g["slq_weights"] * g["slq_nodes"] ** j).sum(1)
-            ref = (want["slq_weights"] * want["slq_nodes"] ** j).sum(1)
-            assert bool(((mu - ref).abs() <= j * noise * anorm**j).all()), j
+            # deflated: its point masses are eigsh values (tol 1e-5), which move by ≤ 1e-5·‖A‖ + noise
+            for key, shift in (("slq", 0.0), ("defl", 1e-5 * anorm)):
+                mu = (g[f"{key}_weights"] * g[f"{key}_nodes"] ** j).sum(1)
+                ref = (want[f"{key}_weights"] * want[f"{key}_nodes"] ** j).sum(1)
+                assert bool(((mu - ref).abs() <= j * (noise * anorm + shift) * anorm ** (j - 1)).all()), (key, j)
         # sketches: Ritz values of a perturbed Krylov space; each eigenvalue within its residual plus noise·‖A‖
         for key in ("sketch", "core"):
             gap = (g[f"{key}_eig"] - want[f"{key}_eig"]).abs()
@@ -100,6 +114,9 @@ def test_sharded_equals_single_process(tmp_path, name, method, world):
         assert (g["metrics"] - want["metrics"]).abs().max() <= 1e-4
         # Hutch++: 9 products of unit-scale vectors, each off by at most noise·‖A‖·‖z‖² (‖z‖² ≤ D)
         assert abs(float(g["trace"] - want["trace"])) <= noise * anorm * want["hv"].shape[0]
+        # XTrace/XDiag: 12 products of unit-norm columns (Q) or probes of norm² = D, the same bound
+        assert abs(float(g["xtrace"][0] - want["xtrace"][0])) <= noise * anorm * want["hv"].shape[0]
+        assert (g["xdiag"] - want["xdiag"]).abs().max() <= noise * anorm * want["hv"].shape[0]
     # memory: the k=20 Krylov basis per rank is this rank's share of the single-process basis
     nbytes = [int(x["basis_nbytes"]) for x in got]
     D = want["hv"].shape[0]

@@ -207,7 +207,7 @@ def test_operators_without_a_space_work_on_whole_vectors():
     assert Promoted(torch.eye(2), torch.float64).space is None  # forwarded: a sharded operator stays sharded
 
 
-@pytest.mark.parametrize("algorithm", ["sketch_store", "power_ckpt", "xtrace", "eigsh_checkpoint", "slq_ckpt"])
+@pytest.mark.parametrize("algorithm", ["sketch_store", "power_ckpt", "xtrace_ckpt", "eigsh_checkpoint", "slq_ckpt"])
 def test_algorithms_needing_whole_vectors_refuse_a_sharded_operator(tmp_path, algorithm):
     from curvscope import eigsh, sketched_eigh, spectral_density, trace
     from curvscope.linalg.power import power_iteration
@@ -221,7 +221,7 @@ def test_algorithms_needing_whole_vectors_refuse_a_sharded_operator(tmp_path, al
     calls = {
         "sketch_store": lambda: sketched_eigh(A, k=2, store=tmp_path / "s"),  # runs sharded in RAM, not stored
         "power_ckpt": lambda: power_iteration(A, k=1, checkpoint=tmp_path / "p"),  # runs sharded, not checkpointed
-        "xtrace": lambda: trace(A, "xtrace", 8),
+        "xtrace_ckpt": lambda: trace(A, "xtrace", 8, checkpoint=tmp_path / "t"),  # runs sharded, not checkpointed
         "eigsh_checkpoint": lambda: eigsh(A, k=1, checkpoint=tmp_path / "c"),
         "slq_ckpt": lambda: spectral_density(A, "slq", num_probes=2, num_steps=4, checkpoint=tmp_path / "d"),
     }

@@ -14,7 +14,7 @@ Products (``method``):
   ``loss.backward()`` fills the sharded ``p.grad`` through FSDP's reduce-scatter, and the shards
   are restored bit for bit from a copy. (``torch.autograd.grad`` with respect to FSDP2's sharded
   parameters does not work; ``backward`` does.) The step is the single-process rule
-  (:func:`~curvscope.operators.finite_difference.fd_step`, on the global norms) and the error is
+  (:func:`~curvscope.operators.finite_difference.fd_step`, on the global RMS of θ) and the error is
   estimated once as there, ``‖D(h) − D(2h)‖ / 3‖D(h)‖`` (:attr:`ShardedCurvature.fd_error`).
   Memory: the model's own (sharded) training footprint plus one copy of the local shards.
 - ``"exact"``: every rank gathers the full parameters once into a plain (non-FSDP) replica and
@@ -38,10 +38,11 @@ rank probably died.
 
 ``sketched_eigh`` (all four methods, in RAM) runs on sharded vectors too: test matrices are
 regenerated at each rank's coordinates and its small Gram matrices are summed over the ranks.
-Not covered yet: XTrace/XDiag, deflated densities, block stores and checkpoints refuse a
-sharded operator (:func:`~curvscope.linalg.space.refuse_sharded`). The overlap metrics of
-:mod:`curvscope.metrics` take each rank's rows with ``space=A.space``; for anything that needs
-whole vectors, gather them with :func:`gather_vectors`.
+So do XTrace/XDiag (``trace``/``diagonal``; their QR is CholeskyQR2 on the summed Gram matrix)
+and ``deflated_density``. Not covered yet: block stores and solver checkpoints refuse a sharded
+operator with an error saying so. The overlap metrics of :mod:`curvscope.metrics`
+take each rank's rows with ``space=A.space``; for anything that needs whole vectors, gather
+them with :func:`gather_vectors`.
 """
 
 from __future__ import annotations
@@ -296,11 +297,11 @@ class ShardedCurvature:
         return torch.stack([self._central(X[:, k], self._step(X[:, k])) for k in range(X.shape[1])], dim=1)
 
     def _step(self, v: Tensor) -> float:
-        """The single-process step rule on the global norms of θ and ``v``."""
-        from curvscope.operators.finite_difference import fd_step
+        """The single-process step rule on the global RMS of θ (summed over the ranks) and the global ``‖v‖``."""
+        from curvscope.operators.finite_difference import step_rule
 
-        theta = self.space.norm(self._local_params()).reshape(1)
-        return fd_step({"theta": theta}, {"v": self.space.norm(v).reshape(1)}, self.dtype)
+        rms = float(self.space.norm(self._local_params().double())) / math.sqrt(self.space.dim)
+        return step_rule(rms, float(self.space.norm(v.double())), self.dtype)
 
     def _estimate_fd_error(self, v: Tensor) -> float:
         """Richardson's ``‖D(h) − D(2h)‖ / 3‖D(h)‖`` along ``v``; the recorded error is the largest seen."""

@@ -45,8 +45,7 @@ from curvscope.linalg.eigsh import EigshResult, eigsh
 from curvscope.linalg.lanczos import check_operator, lanczos
 from curvscope.linalg.precision import measured_noise_floor
 from curvscope.linalg.products import check_finite
-from curvscope.linalg.sampling import probes as draw_probes
-from curvscope.linalg.space import refuse_sharded
+from curvscope.linalg.space import LocalSpace, space_of
 
 __all__ = ["DeflatedDensity", "ProjectedOperator", "complement_probes", "deflated_density"]
 
@@ -57,7 +56,8 @@ class ProjectedOperator:
     """``P A P`` with ``P = I − Q Qᵀ``: ``A`` restricted to the orthogonal complement of ``Q``.
 
     Each product costs one product of ``A`` (per column). Vectors in ``range(Q)`` map to 0.
-    The projection runs in ``Q``'s dtype (the work dtype); ``A`` sees its own dtype.
+    The projection runs in ``Q``'s dtype (the work dtype); ``A`` sees its own dtype. On a
+    sharded ``A`` (``A.space``) ``Q`` holds this rank's rows and ``Qᵀx`` is summed over the ranks.
 
     Args:
         A: symmetric operator (``@``, ``shape``, ``dtype``, ``device``), ``D x D``.
@@ -74,11 +74,12 @@ class ProjectedOperator:
 
     def __init__(self, A: Any, Q: Tensor) -> None:
         D, _, device = check_operator(A)
-        if Q.ndim != 2 or Q.shape[0] != D:
-            raise ValueError(f"Q must be [{D}, k], got {tuple(Q.shape)}")
+        self.space = space = space_of(A)
+        if Q.ndim != 2 or Q.shape[0] != space.local_dim:
+            raise ValueError(f"Q must be [{space.local_dim}, k], got {tuple(Q.shape)}")
         eye = torch.eye(Q.shape[1], dtype=Q.dtype, device=Q.device)
-        if Q.shape[1] and float((Q.T @ Q - eye).abs().max()) > 1e3 * torch.finfo(Q.dtype).eps:
-            Q = torch.linalg.qr(Q).Q
+        if Q.shape[1] and float((space.inner(Q, Q) - eye).abs().max()) > 1e3 * torch.finfo(Q.dtype).eps:
+            Q = space.qr(Q)[0]
         self.A, self.Q = A, Q.to(device)
         self.shape, self.dtype, self.device = (D, D), Q.dtype, device
         nf = measured_noise_floor(A)
@@ -89,23 +90,27 @@ class ProjectedOperator:
         """``P X`` for ``[D]`` or ``[D, K]``."""
         if self.Q.shape[1] == 0:
             return X
-        return X - self.Q @ (self.Q.T @ X)
+        return X - self.Q @ self.space.inner(self.Q, X)
 
     def __matmul__(self, X: Tensor) -> Tensor:
         Y = self.A @ self.project(X).to(self.A.dtype)
         return self.project(Y.to(self.dtype))
 
 
-def complement_probes(Q: Tensor, num: int, gen: torch.Generator, kind: str = "rademacher") -> Tensor:
+def complement_probes(
+    Q: Tensor, num: int, gen: torch.Generator, kind: str = "rademacher", space: LocalSpace | None = None
+) -> Tensor:
     """``num`` probes ``[D, num]`` of the named kind projected onto ``range(Q)^⊥`` and normalised.
 
     Gaussian probes give ``E[v vᵀ] = P/(D − k)`` exactly; Rademacher probes (the default, as in
-    :func:`~curvscope.linalg.spectral_density`) have a smaller variance of ``vᵀ f(A) v``.
+    :func:`~curvscope.linalg.spectral_density`) have a smaller variance of ``vᵀ f(A) v``. With a
+    sharded ``space``, ``Q`` and the probes are this rank's rows (the rows of the single-process probes).
     """
-    V = draw_probes(kind, Q.shape[0], num, gen, Q.dtype, Q.device)
+    space = LocalSpace(Q.shape[0]) if space is None else space
+    V = space.probes(kind, num, gen, Q.dtype, Q.device)
     for _ in range(2):  # twice is enough (Kahan): no component along Q survives round-off
-        V = V - Q @ (Q.T @ V)
-    return V / V.norm(dim=0, keepdim=True)
+        V = V - Q @ space.inner(Q, V)
+    return V / space.colnorms(V)[None, :]
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,8 @@ def deflated_density(
     """Spectral density with the ``num_outliers`` extreme eigenvalues deflated as exact point masses.
 
     Args:
-        A: symmetric operator (``@``, ``shape``, ``dtype``, ``device``), ``D x D``; not sharded.
+        A: symmetric operator (``@``, ``shape``, ``dtype``, ``device``), ``D x D``; sharded
+            operators (FSDP) too: the outliers' eigenvectors and the probes are then each rank's rows.
         num_outliers: ``k`` eigenpairs asked of :func:`~curvscope.linalg.eigsh`; only the
             certified ones (measured residual ``≤ tol·‖A‖``) become point masses, the others stay
             in the complement SLQ (the message says how many).
@@ -193,7 +199,6 @@ def deflated_density(
     """
     t0 = time.perf_counter()
     D, _, device = check_operator(A)
-    refuse_sharded(A, "deflated_density")
     if num_probes < 1 or num_steps < 1 or num_outliers < 1:
         raise ValueError(
             f"num_outliers, num_probes and num_steps must be positive, got {num_outliers}, {num_probes}, {num_steps}"
@@ -213,7 +218,7 @@ def deflated_density(
         raise ValueError(f"all {D} eigenpairs were deflated: nothing is left for SLQ; use eigsh alone")
     op = ProjectedOperator(A, Q)
     m = min(int(num_steps), D - k)
-    V0 = complement_probes(op.Q, num_probes, gen, probe)
+    V0 = complement_probes(op.Q, num_probes, gen, probe, op.space)
     bs = num_probes if block_size is None else max(1, int(block_size))
     nodes_c, weights_c, resid_c = (torch.zeros(num_probes, m, dtype=F64) for _ in range(3))
     spent_slq, status, notes = 0, Status.COMPLETED, []

@@ -334,42 +334,9 @@ def _subspace(mv, plan: _Plan, store, budget, out_path):
     return lam, V, res, status, ""
 
 
-def _semidefinite_cholesky(G: Tensor, tol: float) -> Tensor:
-    """Upper ``R`` with ``RᵀR = G`` on the columns whose remaining norm exceeds ``tol`` (their rows are 0 otherwise)."""
-    b = G.shape[0]
-    R = torch.zeros_like(G)
-    for j in range(b):
-        d = (G[j, j] - (R[:j, j] ** 2).sum()).item()
-        if d <= tol**2:
-            continue  # column j lies (numerically) in the span of the earlier ones
-        R[j, j] = math.sqrt(d)
-        R[j, j + 1 :] = (G[j, j + 1 :] - R[:j, j] @ R[:j, j + 1 :]) / R[j, j]
-    return R
-
-
 def _qr(W: Tensor, plan: _Plan, anorm: float) -> tuple[Tensor, Tensor]:
-    """``W = Q R``, ``Q`` orthonormal: Householder on whole vectors, CholeskyQR2 on sharded ones.
-
-    Sharded rows admit no Householder QR, but the Gram matrix is a sum over the ranks (CholeskyQR2,
-    Yamamoto et al. 2015). A Gram matrix resolves a column's remaining norm only above
-    ``√eps·‖W‖``, so below that (or ``100·eps·anorm``) a column counts as rank deficient: its row of
-    ``R`` and its column of ``Q`` are zero, which :func:`_bcgs2` replaces by a random direction.
-    """
-    if not plan.sharded:
-        return torch.linalg.qr(W)
-    eps = torch.finfo(W.dtype).eps
-    Q, R = W, torch.eye(W.shape[1], dtype=torch.float64)
-    for _ in range(2):
-        G = plan.reduce(Q.T @ Q).double()
-        tol = max(100 * eps * anorm, 10 * math.sqrt(eps) * G.diagonal().max().clamp(min=0).sqrt().item())
-        Rp = _semidefinite_cholesky((G + G.T) / 2, tol)
-        good = Rp.diagonal() > 0
-        Qn = torch.zeros_like(Q)
-        if good.any():
-            Rg = Rp[good][:, good]
-            Qn[:, good] = torch.linalg.solve_triangular(Rg.to(Q.dtype), Q[:, good], upper=True, left=False)
-        Q, R = Qn, Rp @ R
-    return Q, R.to(W.dtype)
+    """``W = Q R``: Householder on whole vectors, CholeskyQR2 on sharded ones (:meth:`ShardedSpace.qr`)."""
+    return plan.space.qr(W, anorm) if plan.sharded else torch.linalg.qr(W)
 
 
 def _bcgs2(W: Tensor, Q: Any, anorm: float, plan: _Plan, step: int) -> tuple[Tensor, Tensor, Tensor]:

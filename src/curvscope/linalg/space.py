@@ -22,6 +22,7 @@ single-process run (bitwise), at the cost of one full ``[D, num]`` draw per call
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -90,6 +91,10 @@ class LocalSpace:
         """An orthonormal basis ``[d, k]`` of the columns of ``X`` (Householder QR)."""
         return torch.linalg.qr(X).Q
 
+    def qr(self, X: Tensor, anorm: float = 0.0) -> tuple[Tensor, Tensor]:
+        """``X = Q R`` with orthonormal ``Q`` ``[d, k]`` and upper-triangular ``R`` (Householder)."""
+        return torch.linalg.qr(X)
+
     def gather(self, x: Tensor) -> Tensor | None:
         """The full vector(s) ``[D, ...]`` (here: ``x``)."""
         return x
@@ -145,6 +150,29 @@ class ShardedSpace(LocalSpace):
             X = torch.linalg.solve_triangular(R, X, upper=True, left=False)
         return X
 
+    def qr(self, X: Tensor, anorm: float = 0.0) -> tuple[Tensor, Tensor]:
+        """``X = Q R`` by CholeskyQR2 on the Gram matrix summed over the ranks (Householder needs whole columns).
+
+        A Gram matrix resolves a column's remaining norm only above ``√eps·‖X‖`` (its condition
+        number is squared), so below that, or below ``100·eps·anorm``, a column counts as
+        dependent: its row of ``R`` and its column of ``Q`` are zero (Householder would give
+        ``R``'s diagonal entry at round-off instead). Callers test ``R``'s diagonal as they do
+        for a Householder ``R``.
+        """
+        eps = torch.finfo(X.dtype).eps
+        Q, R = X, torch.eye(X.shape[1], dtype=torch.float64)
+        for _ in range(2):
+            G = self.inner(Q, Q).double()
+            tol = max(100 * eps * anorm, 10 * math.sqrt(eps) * G.diagonal().max().clamp(min=0).sqrt().item())
+            Rp = _semidefinite_cholesky((G + G.T) / 2, tol)
+            good = Rp.diagonal() > 0
+            Qn = torch.zeros_like(Q)
+            if good.any():
+                Rg = Rp[good][:, good].to(Q.dtype)
+                Qn[:, good] = torch.linalg.solve_triangular(Rg, Q[:, good], upper=True, left=False)
+            Q, R = Qn, Rp @ R
+        return Q, R.to(X.dtype)
+
     def gather(self, x: Tensor) -> Tensor:
         """The full vector(s) on every rank: disjoint supports summed (exact: the others add zeros)."""
         full = torch.zeros((self.dim, *x.shape[1:]), dtype=x.dtype, device=x.device)
@@ -152,17 +180,19 @@ class ShardedSpace(LocalSpace):
         return self.reduce(full)
 
 
+def _semidefinite_cholesky(G: Tensor, tol: float) -> Tensor:
+    """Upper ``R`` with ``RᵀR = G`` on the columns whose remaining norm exceeds ``tol`` (zero rows elsewhere)."""
+    R = torch.zeros_like(G)
+    for j in range(G.shape[0]):
+        d = (G[j, j] - (R[:j, j] ** 2).sum()).item()
+        if d <= tol**2:
+            continue  # column j lies (numerically) in the span of the earlier ones
+        R[j, j] = math.sqrt(d)
+        R[j, j + 1 :] = (G[j, j + 1 :] - R[:j, j] @ R[:j, j + 1 :]) / R[j, j]
+    return R
+
+
 def space_of(A: Any) -> LocalSpace:
     """The vector space of operator ``A``: ``A.space``, or whole vectors of length ``A.shape[0]``."""
     space = getattr(A, "space", None)
     return LocalSpace(int(A.shape[0])) if space is None else space
-
-
-def refuse_sharded(A: Any, what: str) -> None:
-    """Raise for an algorithm that needs whole vectors when ``A``'s vectors are sharded."""
-    if space_of(A).sharded:
-        raise ValueError(
-            f"{what} does not support a sharded operator yet (its vectors are split over ranks): use eigsh "
-            f"(top/bottom eigenpairs), sketched_eigh (in RAM), power_iteration, spectral_density(method='slq' or "
-            f"'kpm') or trace(method='hutchinson' or 'hutch++'), which run on sharded vectors"
-        )

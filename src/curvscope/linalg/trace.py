@@ -49,7 +49,6 @@ from curvscope.linalg.density_runs import fingerprint_of
 from curvscope.linalg.lanczos import check_operator
 from curvscope.linalg.precision import WorkDtype, promote, resolve_work_dtype
 from curvscope.linalg.products import check_product
-from curvscope.linalg.sampling import probes
 from curvscope.linalg.space import LocalSpace, space_of
 from curvscope.operators.fingerprint import check_fingerprint
 
@@ -194,11 +193,8 @@ def _setup(A, method, num_matvecs, seed, block_size, progress, checkpoint, work_
     """Operator in the working dtype, generator, products and the relative rank tolerance of a run."""
     D, op_dtype, device = check_operator(A)
     space = space_of(A)
-    if space.sharded and (method in ("xtrace", "xdiag") or checkpoint is not None):
-        raise ValueError(
-            f"{what}: a sharded operator supports method='hutchinson' or 'hutch++' without checkpoint= "
-            f"(XTrace/XDiag need a QR factor R of sharded vectors, not implemented), got method={method!r}"
-        )
+    if space.sharded and checkpoint is not None:
+        raise ValueError(f"{what}: checkpoint= is not supported on a sharded operator (vectors split over ranks)")
     wd = resolve_work_dtype(work_dtype, op_dtype, space.local_dim, 2 * num_matvecs, "device", device, what, space=space)
     W = promote(A, wd)
     gen = make_generator(seed)
@@ -224,11 +220,16 @@ def _check(num_matvecs: int, least: int, method: str) -> None:
         raise ValueError(f"{method} needs num_matvecs ≥ {least}, got {num_matvecs}")
 
 
-def _xsketch(mv: _Products, D: int, n: int, gen, probe, dtype, device, rank_tol: float):
-    """Shared XTrace/XDiag sketch: Ω, Y = AΩ = QR, Z = AQ, normalised columns S of R^{-T}; or None if R is singular."""
-    Om = probes(probe, D, n, gen, dtype, device)
+def _xsketch(mv: _Products, D, n: int, gen, probe, dtype, device, rank_tol: float):
+    """Shared XTrace/XDiag sketch: Ω, Y = AΩ = QR, Z = AQ, normalised columns S of R^{-T}; or None if R is singular.
+
+    On sharded vectors ``R`` comes from CholeskyQR2 (:meth:`ShardedSpace.qr`), which calls ``Y``
+    rank deficient below ``√eps`` of its norm rather than at round-off.
+    """
+    sp = _space(D)
+    Om = sp.probes(probe, n, gen, dtype, device)
     Y = mv(Om, "Y")
-    Q, R = torch.linalg.qr(Y)
+    Q, R = sp.qr(Y)
     Z = mv(Q, "Z")
     d = R.diagonal().abs()
     if float(d.min()) <= rank_tol * float(d.max()):
@@ -236,6 +237,12 @@ def _xsketch(mv: _Products, D: int, n: int, gen, probe, dtype, device, rank_tol:
     S = torch.linalg.solve_triangular(R.T, torch.eye(n, dtype=dtype, device=device), upper=False)
     S = S / S.norm(dim=0, keepdim=True)
     return Om, Y, Q, R, Z, S
+
+
+def _resolution(sp: LocalSpace) -> str:
+    """What "exact" means when the sketch's rank came from a Gram matrix (sharded vectors)."""
+    note = " (to the √eps resolution of the sharded QR: directions below √eps·‖AΩ‖ count as absent)"
+    return note if sp.sharded else ""
 
 
 # ------------------------------------------------------------------------------- estimators
@@ -266,18 +273,19 @@ def _hutchpp(mv, D, m, gen, probe, dtype, device, rank_tol):
 
 def _xtrace(mv, D, m, gen, probe, dtype, device, rank_tol):
     n = m // 2
+    sp = _space(D)
     Om, Y, Q, _, Z, S = _xsketch(mv, D, n, gen, probe, dtype, device, rank_tol)
-    H = Q.T @ Z
+    H = sp.inner(Q, Z)
     if S is None:
         est = torch.trace(H)
-        msg = "the sketch spans the range of A: the trace is exact"
+        msg = "the sketch spans the range of A: the trace is exact" + _resolution(sp)
         return est, torch.zeros((), dtype=dtype), est.reshape(1), 2 * n, Status.EXACT, msg
-    W = Q.T @ Om
+    W = sp.inner(Q, Om)
     c = (S * W).sum(0)
     Bm = W - S * c
     U = Om - Q @ Bm
     AU = Y - Z @ Bm
-    samples = torch.trace(H) - (S * (H @ S)).sum(0) + (U * AU).sum(0)
+    samples = torch.trace(H) - (S * (H @ S)).sum(0) + sp.reduce((U * AU).sum(0))
     est, se = _mean_se(samples)
     return est, se, samples, 2 * n, Status.COMPLETED, ""
 
@@ -367,7 +375,7 @@ def _xdiag(mv, D, m, gen, dtype, device, rank_tol):
             torch.zeros_like(base),
             2 * n,
             Status.EXACT,
-            "the sketch spans the range of A: the diagonal is exact",
+            "the sketch spans the range of A: the diagonal is exact" + _resolution(_space(D)),
         )
     QS, ZS = Q @ S, Z @ S
     coef = R - S * (S * R).sum(0)
