@@ -74,7 +74,7 @@ from curvscope.metrics import (
     subspace_overlap,
 )
 from curvscope.models import build_model
-from curvscope.operators import Hessian
+from curvscope.operators import Hessian, NondeterministicProductError
 from curvscope.train import TrainConfig, steps_per_epoch, train
 
 F64 = torch.float64
@@ -241,7 +241,7 @@ def _measure(run: RunDir, name: str, cfg: Settings, net: Net, model, data, final
     def compute():
         sub = data if cfg.curvature_samples is None else balanced_subset(data, cfg.curvature_samples, seed=ctx.seed)
         parts = batches(sub, cfg.curvature_batch)
-        H = Hessian(model, nn.CrossEntropyLoss(), parts, dtype=net.dtype, device=ctx.device)
+        H, products = _hessian(model, parts, net.dtype, ctx)
         method = "dense" if H.shape[0] <= cfg.dense_max else net.method
         ks = cfg.ks if final or cfg.early_ks is None else cfg.early_ks
         kmax = max(ks)
@@ -252,6 +252,7 @@ def _measure(run: RunDir, name: str, cfg: Settings, net: Net, model, data, final
                     "abs_eigenvalues": top["eigenvalues"].abs(),
                     "residuals": top["residuals"], "D": H.shape[0], "method": method,
                     "info": {k: v for k, v in top.items() if k not in ("eigenvalues", "Q", "residuals")}})  # fmt: skip
+        out["info"]["products"] = products
         if final and net.validate and method != "sketch":
             H32 = Hessian(model, nn.CrossEntropyLoss(), parts, dtype=torch.float32, device=ctx.device)
             sk = _top_space(H32, kmax, "sketch", ctx.seed, rtol=cfg.certify_rtol)
@@ -265,6 +266,24 @@ def _measure(run: RunDir, name: str, cfg: Settings, net: Net, model, data, final
         return out
 
     return run.step(name, compute)
+
+
+def _hessian(model, parts, dtype: torch.dtype, ctx: Context) -> tuple[Hessian, str]:
+    """The Hessian with products in ``dtype``, or in float64 where its probe rejects ``dtype``.
+
+    The probe compares a ``dtype`` product with the float64 one and rejects a relative defect above
+    ``sqrt(eps(dtype))`` (ReLU and max-pool kinks can flip between precisions); the second item says
+    which dtype was used, with the probe's measured defect.
+    """
+    H = Hessian(model, nn.CrossEntropyLoss(), parts, dtype=dtype, device=ctx.device)
+    try:
+        H @ torch.zeros(H.shape[0], 1, dtype=dtype, device=ctx.device)  # runs the probe first
+    except NondeterministicProductError as err:
+        H = Hessian(model, nn.CrossEntropyLoss(), parts, dtype=F64, device=ctx.device)
+        defect = str(err).split(" (relative")[0].rsplit(" ", 1)[-1]
+        return H, f"float64 (probe: {dtype} products off the float64 ones by {defect}, relative)"
+    report = H.probe_report
+    return H, f"{dtype}" + (f" (probe defect vs float64 {report.repeat_defect:.1e})" if report is not None else "")
 
 
 def run_fernandez(run: RunDir, ctx: Context) -> None:
