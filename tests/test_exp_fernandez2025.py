@@ -26,6 +26,7 @@ EXPECTED = {
     "sketch_matches_lanczos": ("regression", PASS),
     "magnitude_mask_k10": ("paper", REPORTED),
     "layer_matched_control": ("paper", REPORTED),
+    "layer_matched_over_training": ("paper", REPORTED),
     "magnitude_mask_at_init": ("paper", REPORTED),
 }
 FIGURES = ("masks_net0", "masks_net1", "training_net0", "training_net1", "model_sizes", "top_eigenvalues")
