@@ -46,7 +46,7 @@ Hessian on 10,000 images left sketch pairs uncertified (1,472 s wall, 672 CPU-s)
 (300 products certify the top 100; "early and persistent" needs no more). Products in float32 where
 the operator's probe accepts them against float64 (defect ≤ sqrt(eps32)), float64 where it does not
 (the 28×28 net at step 47: 8.4e-3; recorded in ``info["products"]``). 500 random
-masks per point. Cost: about 20 CPU-minutes on one thread, most of it the two final sketches.
+masks per point. Cost: 1,346 CPU-s on one thread (the committed run), most of it the two final sketches.
 
 Reference:
     F. Fernandez, F. Schneider, M. Mahsereci, P. Hennig, "Connecting parameter magnitudes and
