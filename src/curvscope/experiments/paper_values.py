@@ -73,3 +73,19 @@ GOLDILOCKS2018 = {
     "peaks in between (the Goldilocks zone, around the radius of the usual initialisations)",
     "positive": "the fraction of positive eigenvalues of the restricted Hessian is highest in the same zone",
 }
+
+#: What Fernandez et al. report for the paper claims (qualitative: their figures give curves, not one number).
+FERNANDEZ2025 = {
+    "above_chance": "the overlap between the top-k parameter-magnitude mask and the top-k Hessian eigenspace is "
+    "consistently and substantially above chance (k/D), for k from tens to over 1000 eigenpairs (abstract; "
+    "Figure 1: a 7,030-parameter net on 16×16 downsampled MNIST with exact and sketched eigendecompositions, §6.1 "
+    "and Figure 15; sketched eigendecompositions of nets with over 10M parameters)",
+    "larger": "the effect is accentuated for larger networks: the overlap relative to chance grows with model size "
+    "(abstract and the large-scale sketched experiments, §6)",
+    "early": "the two phenomena the paper connects both form early in training and then stay stable: the top Hessian "
+    "eigenspace (curvature concentrates in it quickly) and the magnitude masks (abstract, §1)",
+    "k10": "the claim spans k from tens to over 1000 (Figure 1); k = 10 is not singled out by the paper",
+    "layer_matched": "not in the paper: a control added here (as many entries per layer as the magnitude mask, random "
+    "within each layer)",
+    "at_init": "not a claim of the paper (it measures trained nets); reported here as the baseline before training",
+}
