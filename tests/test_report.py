@@ -245,3 +245,40 @@ def test_reproduce_data_is_fingerprinted_and_time_adds_up_over_resumptions(tmp_p
         assert seen[-1] == "fashion-mnist"
     finally:
         EXPERIMENTS.pop("zz_data", None)
+
+
+def test_paper_scale_is_what_full_runs_on_cuda_and_differs_from_full_for_the_five_papers(tmp_path, monkeypatch):
+    """``--scale full --device cuda`` runs the papers' own sizes (``paper``); on a CPU ``paper`` warns (hours)."""
+    from curvscope.experiments import registry
+    from curvscope.experiments.registry import EXPERIMENTS, Recipe, effective_scale, get, register, run_experiment
+
+    assert effective_scale("full", torch.device("cuda")) == "paper"
+    assert effective_scale("quick", torch.device("cuda")) == "quick"
+    for name in ("sagun2016", "sagun2017", "papyan2019", "fernandez2025", "fortganguli2019"):
+        full, paper = get(name).params("full"), get(name).params("paper")
+        larger = {k: (full[k], paper[k]) for k in full if full[k] != paper[k]}
+        assert larger, name  # some size grows; the rest is the full scale's
+    seen = []
+    try:
+        register(Recipe("zz_scale", "t", "s", lambda rd, ctx: seen.append(ctx.scale)), overwrite=True)
+        with pytest.warns(UserWarning, match="GPU-sized"):
+            run_experiment("zz_scale", "paper", out=tmp_path / "p", progress=False)
+        monkeypatch.setattr(registry.torch.cuda, "is_available", lambda: True)  # the scale choice, not a GPU run
+        monkeypatch.setattr(registry, "RunDir", lambda out, config, fingerprint: _Recorder(config))
+        run_experiment("zz_scale", "full", device="cuda", out=tmp_path / "c", progress=False)
+        assert seen == ["paper", "paper"]
+    finally:
+        EXPERIMENTS.pop("zz_scale", None)
+
+
+class _Recorder:
+    """A stand-in run directory (no files): records the config a run was started with."""
+
+    def __init__(self, config):
+        self.config, self.results = config, {}
+
+    def flush(self):
+        pass
+
+    def finish(self, wall_seconds):
+        assert self.config["scale"] == "paper" and self.config["device"] == "cuda"

@@ -74,7 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("name", nargs="?", help="experiment name, or 'all' (see `curvscope list`)")
-    r.add_argument("--scale", choices=["quick", "full"], default="quick")
+    r.add_argument(
+        "--scale",
+        choices=["quick", "full", "paper"],
+        default="quick",
+        help="quick (minutes), full (the papers' kind of data, <= 60 min on 2 CPU cores; on --device cuda it runs "
+        "paper), paper (the papers' own, GPU-sized settings)",
+    )
     r.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument(

@@ -59,7 +59,7 @@ late-training Hessian products run several times slower without it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -75,7 +75,7 @@ from curvscope.experiments.goldilocks import (
     train_hyperplanes,
 )
 from curvscope.experiments.paper_values import FORT_GANGULI2019
-from curvscope.experiments.registry import Context, Recipe
+from curvscope.experiments.registry import Context, Recipe, by_scale
 from curvscope.experiments.run import Claim, RunDir
 from curvscope.metrics import (
     confinement_chance,
@@ -190,7 +190,7 @@ def _image_run(run: RunDir, ctx: Context, s: Settings) -> dict:
                         dtype=F64).to(ctx.device)  # fmt: skip
     config = TrainConfig(lr=s.image_lr, momentum=s.image_momentum, batch_size=64, epochs=s.image_epochs,
                          seed=ctx.seed)  # fmt: skip
-    curv = balanced_subset(data, s.image_curv_size, seed=ctx.seed)
+    curv = data if s.image_curv_size >= len(data) else balanced_subset(data, s.image_curv_size, seed=ctx.seed)
     gen = torch.Generator().manual_seed(ctx.seed + 1)
     idx = torch.randperm(len(data), generator=gen)[: 64 * s.image_minibatches].to(data.y.device)
     mini = batches(data.replace(x=data.x[idx], y=data.y[idx]), 64)
@@ -457,9 +457,14 @@ def _claims_rise_fall(run: RunDir, dyn: dict) -> None:
             )  # fmt: skip
 
 
+#: The papers' own sizes where larger (``--scale full --device cuda``): the Hessian and the full-batch
+#: gradient of the whole training set (60k images, not a 10k subset), the Goldilocks Hessian on all images.
+PAPER = replace(FULL, image_curv_size=60000, gold_samples=None)
+
+
 def run_fortganguli(run: RunDir, ctx: Context) -> None:
     """Logit-gradient clustering, confinement, persistence, λ_max, Goldilocks zone, hyperplane training."""
-    s = QUICK if ctx.quick else FULL
+    s = by_scale(ctx.scale, QUICK, FULL, PAPER)
     dyn = {tag: {**_gmm_run(run, ctx, s, tag), "label": LABEL[tag]} for tag in s.gmm_runs}
     if s.image_epochs > 0:
         img = _image_run(run, ctx, s)
@@ -488,6 +493,6 @@ RECIPE = Recipe(
     "d = 30, N = 2000), MLP 30-32-32-10 on overlapping (s = 0.4) and separable (s = 1) classes; the quick scale's "
     "Goldilocks network runs on digits.",
     run=run_fortganguli,
-    settings=lambda scale: QUICK if scale == "quick" else FULL,
+    settings=lambda scale: by_scale(scale, QUICK, FULL, PAPER),
     papers="Fort & Ganguli 2019; Gur-Ari, Roberts & Dyer 2018; Fort & Scherlis 2018",
 )

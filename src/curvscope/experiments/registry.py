@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,27 @@ import torch
 
 from curvscope.experiments.run import RunDir, default_fingerprint
 
-SCALES = ("quick", "full")
+#: ``quick``: minutes on a CPU; ``full``: the papers' kind of data and nets, ≤ 60 min on 2 CPU cores;
+#: ``paper``: the papers' own sizes where they are larger than ``full`` (epochs, curvature subsets,
+#: solver budgets): GPU-sized, and what ``full`` runs on a CUDA device.
+SCALES = ("quick", "full", "paper")
+
+
+def effective_scale(scale: str, device: torch.device) -> str:
+    """The scale a run uses: ``full`` on a CUDA device runs the papers' own sizes (``paper``).
+
+    Example:
+        >>> effective_scale("full", torch.device("cuda")), effective_scale("full", torch.device("cpu"))
+        ('paper', 'full')
+    """
+    return "paper" if scale == "full" and device.type == "cuda" else scale
+
+
+def by_scale(scale: str, quick: Any, full: Any, paper: Any = None) -> Any:
+    """A recipe's settings at ``scale`` (``paper`` falls back to ``full`` where the papers are no larger)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    return {"quick": quick, "full": full, "paper": full if paper is None else paper}[scale]
 
 
 @dataclass(frozen=True)
@@ -112,6 +133,13 @@ def run_experiment(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    scale = effective_scale(scale, dev)
+    if scale == "paper" and dev.type != "cuda":
+        warnings.warn(
+            f"{name}: --scale paper runs the papers' own (GPU-sized) settings on {dev}: expect hours; "
+            f"--scale full fits an hour on 2 CPU cores",
+            stacklevel=2,
+        )
     out = Path(out) if out is not None else Path("runs") / f"{name}-{scale}-seed{seed}"
     config = {"experiment": name, "scale": scale, "seed": seed, "device": str(dev)}
     if data is not None:

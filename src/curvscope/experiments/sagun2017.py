@@ -48,7 +48,7 @@ separate "flatter because of the noise" from "flatter because lower".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -56,7 +56,7 @@ from curvscope.data import batches
 from curvscope.experiments import instruments as ins
 from curvscope.experiments import sagun2017_parts as parts
 from curvscope.experiments.paper_values import SAGUN2017
-from curvscope.experiments.registry import Context, Recipe
+from curvscope.experiments.registry import Context, Recipe, by_scale
 from curvscope.experiments.run import Claim, Figure, RunDir, array_ref
 from curvscope.operators import GGN, Hessian, Residual
 from curvscope.train import TrainConfig, get_loss, train
@@ -365,9 +365,14 @@ def _split_figures(run: RunDir, rows: dict) -> None:
     )
 
 
+#: The papers' own sizes where larger (``--scale full --device cuda``): H, G and H_res of the whole
+#: training set (60k images) instead of a 2000-image class-balanced subset.
+PAPER = replace(FULL, curvature_samples=None)
+
+
 def run_sagun2017(run: RunDir, ctx: Context) -> None:
     """G vs H_res spectra and the large-batch / small-batch interpolation (see the module docstring)."""
-    s = QUICK if ctx.quick else FULL
+    s = by_scale(ctx.scale, QUICK, FULL, PAPER)
     run.metric("settings", {**s.__dict__, "gd": GD, "sb": SB})
     setup = parts.setup(ctx, s)
     run.metric("setup", setup["info"])
@@ -390,7 +395,7 @@ RECIPE = Recipe(
     "early in training and at a full-batch GD solution; then batch-10 SGD from that solution, and the loss and "
     "λ_max along the straight line between the two solutions.",
     run=run_sagun2017,
-    settings=lambda scale: QUICK if scale == "quick" else FULL,
+    settings=lambda scale: by_scale(scale, QUICK, FULL, PAPER),
     papers="Sagun, Evci, Güney, Dauphin, Bottou 2017, Empirical analysis of the Hessian of over-parametrized "
     "neural networks (arXiv:1706.04454)",
 )
