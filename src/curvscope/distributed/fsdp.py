@@ -38,7 +38,7 @@ rank probably died.
 
 ``sketched_eigh`` (all four methods, in RAM) runs on sharded vectors too: test matrices are
 regenerated at each rank's coordinates and its small Gram matrices are summed over the ranks.
-So do XTrace/XDiag (``trace``/``diagonal``; their QR is CholeskyQR2 on the summed Gram matrix)
+So do XTrace/XDiag (``trace``/``diagonal``; their QR is Gram–Schmidt twice, reduced over ranks)
 and ``deflated_density``. Not covered yet: block stores and solver checkpoints refuse a sharded
 operator with an error saying so. The overlap metrics of :mod:`curvscope.metrics`
 take each rank's rows with ``space=A.space``; for anything that needs whole vectors, gather

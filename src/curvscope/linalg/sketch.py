@@ -42,7 +42,7 @@ sketch the work is streamed from disk (eigenvectors then come back as a
 On a sharded operator (``A.space``, e.g. FSDP: :mod:`curvscope.distributed.fsdp`) every method
 runs in RAM on each rank's rows; the eigenvectors come back sharded like the parameters and
 the eigenvalues, residuals and error estimates are identical on every rank. Block Krylov's QR
-is then CholeskyQR2 on the Gram matrix summed over the ranks (Householder QR needs whole columns).
+is then Gram–Schmidt twice with projections summed over the ranks (Householder needs whole columns).
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ single-process run (bitwise), at the cost of one full ``[D, num]`` draw per call
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -91,7 +90,7 @@ class LocalSpace:
         """An orthonormal basis ``[d, k]`` of the columns of ``X`` (Householder QR)."""
         return torch.linalg.qr(X).Q
 
-    def qr(self, X: Tensor, anorm: float = 0.0) -> tuple[Tensor, Tensor]:
+    def qr(self, X: Tensor) -> tuple[Tensor, Tensor]:
         """``X = Q R`` with orthonormal ``Q`` ``[d, k]`` and upper-triangular ``R`` (Householder)."""
         return torch.linalg.qr(X)
 
@@ -150,46 +149,37 @@ class ShardedSpace(LocalSpace):
             X = torch.linalg.solve_triangular(R, X, upper=True, left=False)
         return X
 
-    def qr(self, X: Tensor, anorm: float = 0.0) -> tuple[Tensor, Tensor]:
-        """``X = Q R`` by CholeskyQR2 on the Gram matrix summed over the ranks (Householder needs whole columns).
+    def qr(self, X: Tensor) -> tuple[Tensor, Tensor]:
+        """``X = Q R`` by column-wise Gram–Schmidt twice (CGS2), each projection summed over the ranks.
 
-        A Gram matrix resolves a column's remaining norm only above ``√eps·‖X‖`` (its condition
-        number is squared), so below that, or below ``100·eps·anorm``, a column counts as
-        dependent: its row of ``R`` and its column of ``Q`` are zero (Householder would give
-        ``R``'s diagonal entry at round-off instead). Callers test ``R``'s diagonal as they do
-        for a Householder ``R``.
+        Householder QR needs whole columns. CGS2 keeps ``Q`` orthogonal to round-off and resolves a
+        column's remaining norm down to ``eps·‖X‖`` (a Gram-matrix QR would stop at ``√eps``).
+        A column whose remainder is below ``100·eps·max‖X_j‖`` is dependent: its ``R`` diagonal
+        entry and its column of ``Q`` are zero (where Householder leaves round-off), so callers
+        test ``R``'s diagonal as they do for a Householder ``R``. Costs ``2k`` small all-reduces.
         """
-        eps = torch.finfo(X.dtype).eps
-        Q, R = X, torch.eye(X.shape[1], dtype=torch.float64)
-        for _ in range(2):
-            G = self.inner(Q, Q).double()
-            tol = max(100 * eps * anorm, 10 * math.sqrt(eps) * G.diagonal().max().clamp(min=0).sqrt().item())
-            Rp = _semidefinite_cholesky((G + G.T) / 2, tol)
-            good = Rp.diagonal() > 0
-            Qn = torch.zeros_like(Q)
-            if good.any():
-                Rg = Rp[good][:, good].to(Q.dtype)
-                Qn[:, good] = torch.linalg.solve_triangular(Rg, Q[:, good], upper=True, left=False)
-            Q, R = Qn, Rp @ R
-        return Q, R.to(X.dtype)
+        k = X.shape[1]
+        Q = torch.zeros_like(X)
+        R = torch.zeros(k, k, dtype=X.dtype, device=X.device)
+        if k == 0:
+            return Q, R
+        tol = 100 * torch.finfo(X.dtype).eps * float(self.colnorms(X).max())
+        for j in range(k):
+            z = X[:, j]
+            for _ in range(2):  # twice is enough (Kahan–Parlett)
+                c = self.reduce(Q[:, :j].T @ z)
+                z = z - Q[:, :j] @ c
+                R[:j, j] += c
+            n = float(self.norm(z))
+            if n > tol:
+                Q[:, j], R[j, j] = z / n, n
+        return Q, R
 
     def gather(self, x: Tensor) -> Tensor:
         """The full vector(s) on every rank: disjoint supports summed (exact: the others add zeros)."""
         full = torch.zeros((self.dim, *x.shape[1:]), dtype=x.dtype, device=x.device)
         full[self.index.to(x.device)] = x
         return self.reduce(full)
-
-
-def _semidefinite_cholesky(G: Tensor, tol: float) -> Tensor:
-    """Upper ``R`` with ``RᵀR = G`` on the columns whose remaining norm exceeds ``tol`` (zero rows elsewhere)."""
-    R = torch.zeros_like(G)
-    for j in range(G.shape[0]):
-        d = (G[j, j] - (R[:j, j] ** 2).sum()).item()
-        if d <= tol**2:
-            continue  # column j lies (numerically) in the span of the earlier ones
-        R[j, j] = math.sqrt(d)
-        R[j, j + 1 :] = (G[j, j + 1 :] - R[:j, j] @ R[:j, j + 1 :]) / R[j, j]
-    return R
 
 
 def space_of(A: Any) -> LocalSpace:

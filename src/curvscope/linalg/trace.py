@@ -98,7 +98,7 @@ class DiagonalResult:
     """A diagonal estimate.
 
     Attributes:
-        estimate: ``diag A`` estimate ``[D]``.
+        estimate: ``diag A`` estimate ``[D]`` (a sharded operator: this rank's entries ``[d_local]``).
         stderr: per-entry standard error ``[D]``.
         method: estimator name.
         num_matvecs: products spent.
@@ -223,8 +223,8 @@ def _check(num_matvecs: int, least: int, method: str) -> None:
 def _xsketch(mv: _Products, D, n: int, gen, probe, dtype, device, rank_tol: float):
     """Shared XTrace/XDiag sketch: Ω, Y = AΩ = QR, Z = AQ, normalised columns S of R^{-T}; or None if R is singular.
 
-    On sharded vectors ``R`` comes from CholeskyQR2 (:meth:`ShardedSpace.qr`), which calls ``Y``
-    rank deficient below ``√eps`` of its norm rather than at round-off.
+    On sharded vectors ``R`` comes from Gram–Schmidt twice (:meth:`ShardedSpace.qr`), whose dependent
+    columns have a zero diagonal entry (Householder: round-off), caught by the same rank test.
     """
     sp = _space(D)
     Om = sp.probes(probe, n, gen, dtype, device)
@@ -237,12 +237,6 @@ def _xsketch(mv: _Products, D, n: int, gen, probe, dtype, device, rank_tol: floa
     S = torch.linalg.solve_triangular(R.T, torch.eye(n, dtype=dtype, device=device), upper=False)
     S = S / S.norm(dim=0, keepdim=True)
     return Om, Y, Q, R, Z, S
-
-
-def _resolution(sp: LocalSpace) -> str:
-    """What "exact" means when the sketch's rank came from a Gram matrix (sharded vectors)."""
-    note = " (to the √eps resolution of the sharded QR: directions below √eps·‖AΩ‖ count as absent)"
-    return note if sp.sharded else ""
 
 
 # ------------------------------------------------------------------------------- estimators
@@ -262,7 +256,7 @@ def _hutchpp(mv, D, m, gen, probe, dtype, device, rank_tol):
     k = m // 3
     n_g = m - 2 * k
     sp = _space(D)
-    Q = sp.orthonormalize(mv(sp.probes(probe, k, gen, dtype, device), "AS"))
+    Q = sp.qr(mv(sp.probes(probe, k, gen, dtype, device), "AS"))[0]  # sharded: dependent columns → 0
     low = sp.reduce((Q * mv(Q, "AQ")).sum())
     G = sp.probes(probe, n_g, gen, dtype, device)
     Gp = G - Q @ sp.inner(Q, G)
@@ -278,7 +272,7 @@ def _xtrace(mv, D, m, gen, probe, dtype, device, rank_tol):
     H = sp.inner(Q, Z)
     if S is None:
         est = torch.trace(H)
-        msg = "the sketch spans the range of A: the trace is exact" + _resolution(sp)
+        msg = "the sketch spans the range of A: the trace is exact"
         return est, torch.zeros((), dtype=dtype), est.reshape(1), 2 * n, Status.EXACT, msg
     W = sp.inner(Q, Om)
     c = (S * W).sum(0)
@@ -375,7 +369,7 @@ def _xdiag(mv, D, m, gen, dtype, device, rank_tol):
             torch.zeros_like(base),
             2 * n,
             Status.EXACT,
-            "the sketch spans the range of A: the diagonal is exact" + _resolution(_space(D)),
+            "the sketch spans the range of A: the diagonal is exact",
         )
     QS, ZS = Q @ S, Z @ S
     coef = R - S * (S * R).sum(0)

@@ -245,7 +245,7 @@ def mask_overlap(mask: Tensor, Q: Tensor, orthonormalize: bool = True, space: Lo
     if size == 0:
         raise ValueError("the mask is empty")
     k, D = Q.shape[1], sp.dim
-    return Overlap(sp.reduce((Q[m] ** 2).sum(dtype=torch.float64)).item() / min(size, k), size, k, D, max(size, k) / D)
+    return Overlap(sp.reduce((Q[m] ** 2).sum()).item() / min(size, k), size, k, D, max(size, k) / D)
 
 
 def chance_overlap(D: int, k1: int, k2: int | None = None, num_samples: int = 200, seed: SeedLike = 0) -> ChanceOverlap:
