@@ -175,3 +175,15 @@ def test_memory_guard_narrows_wide_blocks(mlp, monkeypatch):
     V = torch.randn(H.shape[0], 5, dtype=DT)
     monkeypatch.undo()
     torch.testing.assert_close(H @ V, torch.stack([H @ V[:, i] for i in range(5)], 1))
+
+
+def test_a_probe_against_float64_says_which_reference_and_names_precision():
+    """A float32 operator is probed against float64: the error carries the defect and names both causes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Tanh(), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match="dropout is active"):
+        H = Hessian(model, nn.CrossEntropyLoss(), [(torch.randn(6, 3), torch.arange(6) % 2)], mode="train")
+    with pytest.raises(NondeterministicProductError, match="differs from the float64 product") as info:
+        H @ torch.randn(H.shape[0])
+    assert info.value.reference == "float64" and info.value.defect > 3e-4
+    assert "dtype=torch.float64" in str(info.value) and "dropout active (use mode='eval')" in str(info.value)

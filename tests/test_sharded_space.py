@@ -95,3 +95,16 @@ def test_sharded_low_rank_sketches_and_traces_equal_whole_vectors(group):
     assert xt.status == xs.status and abs(xs.estimate - 55.0) <= 1e-9
     hp = trace(S, "hutch++", 9, seed=0)  # a rank-deficient sketch: Gram–Schmidt, not a Cholesky that fails
     assert abs(hp.estimate - trace(A, "hutch++", 9, seed=0).estimate) <= 1e-9
+
+
+def test_sharded_overlap_of_a_dependent_basis_equals_the_whole_vector_one(group):
+    """Dependent columns are dropped, as orthonormal_basis drops small singular directions."""
+    from curvscope.metrics import subspace_overlap
+
+    g = torch.Generator().manual_seed(2)
+    A, B = torch.randn(D, 4, generator=g, dtype=torch.float64), torch.randn(D, 3, generator=g, dtype=torch.float64)
+    A[:, 3] = A[:, 0] + A[:, 1]  # spans 3 dimensions
+    perm = _perm()
+    got = subspace_overlap(A[perm], B[perm], space=ShardedSpace(D, perm))
+    want = subspace_overlap(A, B)
+    assert got.k1 == want.k1 == 3 and abs(got.value - want.value) <= 1e-12

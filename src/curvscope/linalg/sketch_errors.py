@@ -1,7 +1,7 @@
 """A-posteriori error estimates of :func:`curvscope.linalg.sketch.sketched_eigh` (maths in that module's doc).
 
 Internal module: residual checks of returned pairs and the probe estimates of ``‖A − Â‖``. On
-sharded vectors every norm and projection is summed over the ranks (``plan.reduce``).
+sharded vectors every norm and projection is summed over the ranks (``plan.vectors.reduce``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def residuals(mv, lam: Tensor, V, count: int, plan: _Plan, budget: int | None) -
         b = min(count, len(lam), a + plan.b)
         Vb = _columns(V, a, b, budget).to(plan.device)
         R = (mv(Vb, "residuals") - Vb * lam[a:b].to(Vb.dtype).to(plan.device)).double()
-        res[a:b] = plan.colnorms(R).cpu()
+        res[a:b] = plan.vectors.colnorms(R).cpu()
     return res
 
 
@@ -54,16 +54,16 @@ def error_estimates(mv, lam: Tensor, V, plan: _Plan, p: int, delta: float, budge
         nan = float("nan")
         return {"error_fro": nan, "error_fro_bound": nan, "error_2_bound": nan, "norm_fro": nan}
     Om = TestMatrix("gaussian", plan.dim, p, plan.seed, "error", plan.dtype, plan.b, plan.index)
-    e2, a2 = [], []
+    e2, a2, reduce = [], [], plan.vectors.reduce
     for j in range(len(Om)):  # probe blocks of the product block size: memory as for the sketch
         X = Om.block(j).to(plan.device)
         Y = mv(X, "error_probes")
         if isinstance(V, bs.DiskMatrix):
             low = V.matmul((lam[:, None] * V.rmatmul(X, budget)).to(plan.dtype), budget).to(plan.device)
         else:
-            low = V @ (lam[:, None] * plan.reduce(V.T @ X).double().cpu()).to(plan.dtype).to(plan.device)
-        e2.append(plan.reduce(((Y - low) ** 2).sum(0, dtype=torch.float64)).cpu())  # no float64 copy of the block
-        a2.append(plan.reduce((Y**2).sum(0, dtype=torch.float64)).cpu())
+            low = V @ (lam[:, None] * reduce(V.T @ X).double().cpu()).to(plan.dtype).to(plan.device)
+        e2.append(reduce(((Y - low) ** 2).sum(0, dtype=torch.float64)).cpu())  # no float64 copy of the block
+        a2.append(reduce((Y**2).sum(0, dtype=torch.float64)).cpu())
     e2t = torch.cat(e2)
     est = e2t.mean().sqrt().item()
     bound_fro = est * math.sqrt(tail_factor(p, delta))

@@ -8,7 +8,7 @@ On an operator whose vectors are sharded over ranks (``A.space``, :mod:`curvscop
 each rank holds its rows of every tall block (test matrices are regenerated at its coordinates,
 so they are the rows of the single-process ones), and every small matrix formed from two tall
 blocks (Gram matrices, projections, ``QᵀAQ``, residual norms) is a sum over rows, summed over the
-ranks by ``plan.reduce``: every rank then holds the same small matrices and Ritz values.
+ranks by ``plan.vectors.reduce``: every rank then holds the same small matrices and Ritz values.
 """
 
 from __future__ import annotations
@@ -125,33 +125,22 @@ class _Plan:
     sort: str
     dtype: torch.dtype
     device: torch.device
-    space: Any = None  # the operator's vector space (None: whole vectors, LocalSpace(dim))
+    space: Any = None  # the operator's vector space (None: whole vectors)
+
+    @property
+    def vectors(self) -> LocalSpace:
+        """The space tall blocks live in: its ``reduce``, ``colnorms`` and ``qr`` are plain torch on whole vectors."""
+        return LocalSpace(self.dim) if self.space is None else self.space
 
     @property
     def local_dim(self) -> int:
         """Rows of every tall block this process holds (``dim`` unless sharded)."""
-        return self.dim if self.space is None else self.space.local_dim
+        return self.vectors.local_dim
 
     @property
     def index(self) -> Tensor | None:
-        """This rank's global coordinates when the vectors are sharded."""
-        return self.space.index if self.space is not None and self.space.sharded else None
-
-    @property
-    def sharded(self) -> bool:
-        return self.index is not None
-
-    def reduce(self, t: Tensor) -> Tensor:
-        """A small matrix summed over the ranks that hold the other rows (identity unless sharded)."""
-        return self.space.reduce(t) if self.sharded else t
-
-    @property
-    def reducer(self):
-        """``reduce`` for :mod:`curvscope.linalg.streamed` (``None`` unless sharded)."""
-        return self.reduce if self.sharded else None
-
-    def colnorms(self, X: Tensor) -> Tensor:
-        return (self.space or LocalSpace(self.dim)).colnorms(X)
+        """This rank's global coordinates when the vectors are sharded (test matrices are drawn there)."""
+        return self.vectors.index if self.vectors.sharded else None
 
     def spec(self) -> dict:
         """What the stored blocks depend on (extending ``num_matvecs`` later reuses them)."""
@@ -246,7 +235,8 @@ def _nystrom(mv, plan: _Plan, store, budget, out_path):
     Om: Any = _omega(plan)
     Y = _measure(mv, Om, plan, store, "y0")
     for i in range(1, plan.passes):  # power iterations: Ω ← orth(A^i Ω)
-        Om = _materialize(Y, streamed.orthonormalize(Y, budget, reduce=plan.reducer), plan, store, f"o{i}", budget)
+        M = streamed.orthonormalize(Y, budget, reduce=plan.vectors.reduce)
+        Om = _materialize(Y, M, plan, store, f"o{i}", budget)
         Y = _measure(mv, Om, plan, store, f"y{i}")
     s = Y.width
     G, Mo, P = (torch.zeros(s, s, dtype=torch.float64) for _ in range(3))
@@ -254,7 +244,7 @@ def _nystrom(mv, plan: _Plan, store, budget, out_path):
         G += y.T @ y
         Mo += o.T @ y
         P += o.T @ o
-    G, Mo, P = (plan.reduce(X) for X in (G, Mo, P))
+    G, Mo, P = (plan.vectors.reduce(X) for X in (G, Mo, P))
     eps = max(torch.finfo(plan.dtype).eps, torch.finfo(mv.op_dtype).eps)  # the products' round-off counts too
     nu = math.sqrt(plan.dim) * eps * math.sqrt(G.trace().item() / max(P.trace().item(), 1e-300))
     w, U = torch.linalg.eigh((Mo + Mo.T) / 2 + nu * P)
@@ -285,12 +275,12 @@ def _core(mv, plan: _Plan, store, budget, out_path):
     Y = _measure(mv, Om, plan, store, "y0")
     r = plan.s // 2
     Y1 = Y.head(r)
-    M = streamed.orthonormalize(Y1, budget, reduce=plan.reducer)
+    M = streamed.orthonormalize(Y1, budget, reduce=plan.vectors.reduce)
     YtO, PsiY = torch.zeros(r, plan.s, dtype=torch.float64), torch.zeros(plan.s, plan.s, dtype=torch.float64)
     for _, _, (y, o, ps) in _iter_rows([Y, Om, Psi], plan.local_dim, budget, fixed=16 * plan.s**2):
         YtO += y[:, :r].T @ o
         PsiY += ps.T @ y
-    YtO, PsiY = plan.reduce(YtO), plan.reduce(PsiY)
+    YtO, PsiY = plan.vectors.reduce(YtO), plan.vectors.reduce(PsiY)
     PsiQ, QtO = PsiY[:, :r] @ M, M.T @ YtO
     C = torch.linalg.lstsq(PsiQ, PsiY, driver="gelsd").solution  # [r', s]
     C = torch.linalg.lstsq(QtO.T, C.T, driver="gelsd").solution.T  # [r', r']
@@ -316,7 +306,7 @@ def _ritz_from(Q, W, T, plan: _Plan, budget, out_path):
             yield v
 
     V = _output(chunks(), plan, len(idx), out_path)
-    return th, V, plan.reduce(res2).sqrt()
+    return th, V, plan.vectors.reduce(res2).sqrt()
 
 
 def _subspace(mv, plan: _Plan, store, budget, out_path):
@@ -324,20 +314,15 @@ def _subspace(mv, plan: _Plan, store, budget, out_path):
     for i in range(plan.passes):
         W = _measure(mv, Om, plan, store, f"w{i}")
         if i < plan.passes - 1:
-            M = streamed.orthonormalize(W, budget, reduce=plan.reducer)
+            M = streamed.orthonormalize(W, budget, reduce=plan.vectors.reduce)
             Om = _materialize(W, M, plan, store, f"q{i + 1}", budget)
     T = torch.zeros(Om.width, Om.width, dtype=torch.float64)
     for _, _, (q, w) in _iter_rows([Om, W], plan.local_dim, budget, fixed=8 * Om.width**2):
         T += q.T @ w
-    T = plan.reduce(T)
+    T = plan.vectors.reduce(T)
     lam, V, res = _ritz_from(Om, W, T, plan, budget, out_path)
     status = Status.COMPLETED if Om.width >= plan.k else Status.RANK_DEFICIENT
     return lam, V, res, status, ""
-
-
-def _qr(W: Tensor, plan: _Plan) -> tuple[Tensor, Tensor]:
-    """``W = Q R``: Householder on whole vectors, Gram–Schmidt twice on sharded ones (:meth:`ShardedSpace.qr`)."""
-    return plan.space.qr(W) if plan.sharded else torch.linalg.qr(W)
 
 
 def _bcgs2(W: Tensor, Q: Any, anorm: float, plan: _Plan, step: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -345,20 +330,20 @@ def _bcgs2(W: Tensor, Q: Any, anorm: float, plan: _Plan, step: int) -> tuple[Ten
 
     Rank-deficient columns of the projected block are replaced by random directions; ``R`` keeps the relation.
     """
-    W1, C1 = streamed.project_out(W, Q, plan.reducer)
-    Q1, R1 = _qr(W1, plan)
+    W1, C1 = streamed.project_out(W, Q, plan.vectors.reduce)
+    Q1, R1 = plan.vectors.qr(W1)
     bad = R1.diagonal().abs() <= 100 * torch.finfo(plan.dtype).eps * anorm
     if bad.any():
         nb = int(bad.sum())
         Z = TestMatrix("gaussian", plan.dim, nb, plan.seed, f"restart{step}", plan.dtype, nb, plan.index).block(0)
         for _ in range(2):
-            Z = streamed.project_out(Z.to(W.device), Q, plan.reducer)[0]
+            Z = streamed.project_out(Z.to(W.device), Q, plan.vectors.reduce)[0]
         W1b = W1.clone()
-        W1b[:, bad] = Z / plan.colnorms(Z) * anorm
-        Q1 = _qr(W1b, plan)[0]
-        R1 = plan.reduce(Q1.T @ W1)
-    W2, C2 = streamed.project_out(Q1, Q, plan.reducer)
-    Q2, R2 = _qr(W2, plan)
+        W1b[:, bad] = Z / plan.vectors.colnorms(Z) * anorm
+        Q1 = plan.vectors.qr(W1b)[0]
+        R1 = plan.vectors.reduce(Q1.T @ W1)
+    W2, C2 = streamed.project_out(Q1, Q, plan.vectors.reduce)
+    Q2, R2 = plan.vectors.qr(W2)
     return Q2, C1 + C2 @ R1, R2 @ R1
 
 
@@ -374,7 +359,7 @@ def _block_krylov(mv, plan: _Plan, store, budget, out_path):
     if store is not None and store.has(names[0]):
         Qj = store.load(names[0]).to(dev)
     else:
-        Qj = _qr(_omega(plan, b, "krylov").block(0).to(dev), plan)[0]
+        Qj = plan.vectors.qr(_omega(plan, b, "krylov").block(0).to(dev))[0]
         if store is not None:
             store.save(names[0], Qj.cpu())
     anorm = 0.0
@@ -389,7 +374,7 @@ def _block_krylov(mv, plan: _Plan, store, budget, out_path):
             Qj, C, R, anorm = saved["data"].to(dev), saved["c"], saved["r"], saved["anorm"].item()
         else:
             W = mv(Qj.contiguous())
-            anorm = max(anorm, plan.colnorms(W).max().item())
+            anorm = max(anorm, plan.vectors.colnorms(W).max().item())
             Qj, C, R = _bcgs2(W, basis, anorm, plan, j)
             if store is not None:
                 store.save(names[j + 1], {"data": Qj.cpu(), "c": C.cpu(), "r": R.cpu(), "anorm": torch.tensor(anorm)})

@@ -151,24 +151,21 @@ def as_basis(Q: Tensor, orthonormalize: bool, space: LocalSpace | None = None) -
 
 
 def sharded_basis(Q: Tensor, space: LocalSpace) -> Tensor:
-    """An orthonormal basis of a sharded ``Q`` (this rank's rows): ``Q`` when already orthonormal, else CholeskyQR2.
+    """An orthonormal basis of a sharded ``Q`` (this rank's rows), without its dependent columns.
 
-    Not rank-revealing (a Gram matrix resolves directions only above ``√eps``): a basis whose columns are
-    (nearly) dependent is refused.
+    :meth:`ShardedSpace.qr` (Gram–Schmidt twice) drops them as :func:`orthonormal_basis` drops small
+    singular directions; an orthonormal ``Q`` is returned as is.
     """
     Q = Q[:, None] if Q.ndim == 1 else Q
     space.check_local(Q, "a sharded basis")
-    G = space.inner(Q, Q)
     k, eps = Q.shape[1], torch.finfo(Q.dtype).eps
-    if torch.allclose(G, torch.eye(k, dtype=G.dtype, device=G.device), atol=100 * eps * max(k, 10)):
+    if torch.allclose(space.inner(Q, Q), torch.eye(k, dtype=Q.dtype, device=Q.device), atol=100 * eps * max(k, 10)):
         return Q
-    s = torch.linalg.eigvalsh(G.double())
-    if s[0] <= 1e4 * eps * s[-1]:
-        raise ValueError(
-            f"the sharded basis is (nearly) rank deficient (Gram eigenvalues {s[0].item():.2e} .. {s[-1].item():.2e}): "
-            f"drop dependent columns or gather the vectors (gather_vectors) for a rank-revealing SVD"
-        )
-    return space.orthonormalize(Q)
+    B, R = space.qr(Q)
+    keep = R.diagonal() != 0
+    if not keep.any():
+        raise ValueError("the basis is zero: it spans no subspace")
+    return B[:, keep]
 
 
 def subspace_overlap(Q1: Tensor, Q2: Tensor, orthonormalize: bool = True, space: LocalSpace | None = None) -> Overlap:

@@ -31,7 +31,17 @@ F64 = torch.float64
 
 
 class NondeterministicProductError(RuntimeError):
-    """Two products with the same vector disagreed."""
+    """Two products with the same vector disagreed.
+
+    Attributes:
+        defect: their relative difference.
+        reference: ``"repeat"`` (the same product computed again) or ``"float64"`` (a float64
+            product of the same vector, for an operator below float64).
+    """
+
+    def __init__(self, message: str, defect: float = math.nan, reference: str = "repeat") -> None:
+        super().__init__(message)
+        self.defect, self.reference = defect, reference
 
 
 @dataclass(frozen=True)
@@ -96,12 +106,25 @@ def run_probe(
     U64 = U.to(F64)
     symmetry = abs(U64[:, 0] @ Y[:, 1] - U64[:, 1] @ Y[:, 0]).item() / norm
     if check and repeat > math.sqrt(eps) and Y[:, 0].norm().item() > 0:
+        causes = (
+            "dropout active (use mode='eval'), BatchNorm in train mode (use mode='eval'), random data "
+            "augmentation or a loader that draws new samples (use a fixed dataset), or a model with randomness "
+            "in forward"
+        )
+        if kind == "float64":  # a precision defect (e.g. ReLU / max-pool kinks that flip) looks the same
+            what = (
+                f"a {dtype} product differs from the float64 product of the same vector by {repeat:.2e} (relative; "
+                f"rounding in {dtype} would explain at most {math.sqrt(eps):.1e}). Either the {dtype} products are "
+                f"far less accurate than rounding (e.g. ReLU or max-pool kinks that flip between precisions: use "
+                f"dtype=torch.float64), or the curvature is not a fixed matrix: {causes}"
+            )
+        else:
+            what = (
+                f"the same product computed twice differs by {repeat:.2e} (relative; rounding in {dtype} would "
+                f"explain at most {math.sqrt(eps):.1e}). The curvature is not a fixed matrix. Likely causes: {causes}"
+            )
         raise NondeterministicProductError(
-            f"{name}: the same product computed twice differs by {repeat:.2e} (relative; rounding in "
-            f"{dtype} would explain at most {math.sqrt(eps):.1e}). The curvature is not a fixed matrix. "
-            f"Likely causes: dropout active (use mode='eval'), BatchNorm in train mode (use mode='eval'), "
-            f"random data augmentation or a loader that draws new samples (use a fixed dataset), or a "
-            f"model with randomness in forward. Pass probe=False only if you accept this."
+            f"{name}: {what}. Pass probe=False only if you accept this.", defect=repeat, reference=kind
         )
     if kind == "float64":
         error = (again - Y[:, 0]).norm().item() / norm
